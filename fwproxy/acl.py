@@ -1,0 +1,415 @@
+# -*- test-case-name: tests.test_acl -*-
+"""Access control lists and rules with squid's semantics, sans-IO.
+
+Named ACLs, each of one type, and an ordered list of rules ``allow|deny NAME [!NAME ...]``:
+the first rule whose ACLs all match decides; no match means deny. Types: ``src``, ``dst``,
+``dstdomain``, ``dstdom_regex``, ``port``, ``method``, ``url_regex``, ``time``, ``proxy_auth``.
+Predefined: ``all``, and the destination sets ``to_localhost``, ``to_linklocal``, ``to_private``.
+
+Parsing turns configuration values into matchers once, raising :class:`AclError` naming the bad
+value; matching is then pure: :meth:`AccessPolicy.check` takes an :class:`AclContext`. A ``dst``
+ACL needs the destination's resolved addresses: when a rule reaches one before they are known,
+``check`` raises :class:`NeedAddresses` so the caller can resolve and ask again.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import time as _time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class AclError(ValueError):
+    """A value in an ACL definition or rule is invalid."""
+
+
+class NeedAddresses(Exception):
+    """A rule needs the destination's resolved addresses, which the context does not have."""
+
+
+def client_ip(host: str) -> IPAddress | None:
+    """Parse a transport's host string; IPv4-mapped IPv6 addresses become IPv4."""
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+@dataclass(frozen=True)
+class AclContext:
+    """What the ACLs look at for one request."""
+
+    client: IPAddress | None
+    method: str
+    host: str
+    port: int
+    url: str
+    user: str = ""
+    now: float = 0.0
+    #: resolved destination addresses; None until resolved
+    addresses: tuple[IPAddress, ...] | None = None
+    #: seconds east of UTC for ``time`` ACLs (None: the machine's local time)
+    utcoffset: int | None = None
+
+
+class Acl:
+    """One named ACL. Subclasses implement :meth:`match`."""
+
+    kind = ""
+    needs_addresses = False
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def match(self, ctx: AclContext) -> bool:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}>"
+
+
+def _strings(name: str, kind: str, values: object) -> list[str]:
+    if isinstance(values, (str, int)):
+        values = [values]
+    if not isinstance(values, list) or not values:
+        raise AclError(f"acl.{name}.{kind}: expected a non-empty list")
+    out = []
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (str, int)):
+            raise AclError(f"acl.{name}.{kind}: {v!r} is not a string")
+        out.append(str(v))
+    return out
+
+
+def _networks(name: str, kind: str, values: object) -> tuple[IPNetwork, ...]:
+    nets = []
+    for v in _strings(name, kind, values):
+        try:
+            nets.append(ipaddress.ip_network(v, strict=False))
+        except ValueError:
+            raise AclError(f"acl.{name}.{kind}: {v!r} is not an IP address or CIDR network")
+    return tuple(nets)
+
+
+def _in(ip: IPAddress, nets: Sequence[IPNetwork]) -> bool:
+    for net in nets:
+        if ip.version == net.version and ip in net:
+            return True
+    return False
+
+
+class AllAcl(Acl):
+    kind = "all"
+
+    def match(self, ctx: AclContext) -> bool:
+        return True
+
+
+class SrcAcl(Acl):
+    kind = "src"
+
+    def __init__(self, name: str, values: object) -> None:
+        super().__init__(name)
+        self.networks = _networks(name, self.kind, values)
+
+    def match(self, ctx: AclContext) -> bool:
+        return ctx.client is not None and _in(ctx.client, self.networks)
+
+
+class DstAcl(Acl):
+    """Matches when the destination's resolved addresses are all in the networks."""
+
+    kind = "dst"
+    needs_addresses = True
+
+    def __init__(self, name: str, values: object) -> None:
+        super().__init__(name)
+        self.networks = _networks(name, self.kind, values) if values is not None else ()
+
+    def match(self, ctx: AclContext) -> bool:
+        if ctx.addresses is None:
+            raise NeedAddresses(self.name)
+        return bool(ctx.addresses) and all(_in(a, self.networks) for a in ctx.addresses)
+
+
+class DstDomainAcl(Acl):
+    kind = "dstdomain"
+
+    def __init__(self, name: str, values: object) -> None:
+        super().__init__(name)
+        exact, suffixes = set(), []
+        for v in _strings(name, self.kind, values):
+            d = v.strip().lower().rstrip(".")
+            if not d or any(c.isspace() for c in d):
+                raise AclError(f"acl.{name}.dstdomain: {v!r} is not a domain")
+            if d.startswith("."):
+                exact.add(d[1:])
+                suffixes.append(d)
+            else:
+                exact.add(d)
+        self.exact = frozenset(exact)
+        self.suffixes = tuple(suffixes)
+
+    def match(self, ctx: AclContext) -> bool:
+        host = ctx.host.lower().rstrip(".")
+        return host in self.exact or host.endswith(self.suffixes)
+
+
+def _regexes(name: str, kind: str, values: object, flags: int) -> tuple[re.Pattern[str], ...]:
+    out = []
+    for v in _strings(name, kind, values):
+        try:
+            out.append(re.compile(v, flags))
+        except re.error as e:
+            raise AclError(f"acl.{name}.{kind}: bad regular expression {v!r}: {e}")
+    return tuple(out)
+
+
+class DstDomRegexAcl(Acl):
+    kind = "dstdom_regex"
+
+    def __init__(self, name: str, values: object) -> None:
+        super().__init__(name)
+        self.patterns = _regexes(name, self.kind, values, re.IGNORECASE)
+
+    def match(self, ctx: AclContext) -> bool:
+        return any(p.search(ctx.host) for p in self.patterns)
+
+
+class UrlRegexAcl(Acl):
+    """Case-sensitive like squid's; write ``(?i)`` in a pattern for case-insensitive."""
+
+    kind = "url_regex"
+
+    def __init__(self, name: str, values: object) -> None:
+        super().__init__(name)
+        self.patterns = _regexes(name, self.kind, values, 0)
+
+    def match(self, ctx: AclContext) -> bool:
+        return any(p.search(ctx.url) for p in self.patterns)
+
+
+class PortAcl(Acl):
+    kind = "port"
+
+    def __init__(self, name: str, values: object) -> None:
+        super().__init__(name)
+        ranges = []
+        for v in _strings(name, self.kind, values):
+            lo_s, sep, hi_s = v.partition("-")
+            try:
+                lo = int(lo_s)
+                hi = int(hi_s) if sep else lo
+            except ValueError:
+                raise AclError(f"acl.{name}.port: {v!r} is not a port or range like \"1025-65535\"")
+            if not (1 <= lo <= hi <= 65535):
+                raise AclError(f"acl.{name}.port: {v!r} is out of range (1-65535, low-high)")
+            ranges.append((lo, hi))
+        self.ranges = tuple(ranges)
+
+    def match(self, ctx: AclContext) -> bool:
+        p = ctx.port
+        return any(lo <= p <= hi for lo, hi in self.ranges)
+
+
+_METHOD = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+
+class MethodAcl(Acl):
+    kind = "method"
+
+    def __init__(self, name: str, values: object) -> None:
+        super().__init__(name)
+        methods = set()
+        for v in _strings(name, self.kind, values):
+            if not _METHOD.match(v):
+                raise AclError(f"acl.{name}.method: {v!r} is not an HTTP method")
+            methods.add(v.upper())
+        self.methods = frozenset(methods)
+
+    def match(self, ctx: AclContext) -> bool:
+        return ctx.method.upper() in self.methods
+
+
+_DAYS = "SMTWHFA"  # squid's letters, Sunday first
+_TIME = re.compile(r"^(?:([SMTWHFA]+)\s*)?(?:(\d{1,2}):(\d{2})-(\d{1,2}):(\d{2}))?$")
+
+
+class TimeAcl(Acl):
+    """squid's ``time``: ``"MTWHF 08:00-18:00"``, ``"AS"``, ``"22:00-06:00"`` (wraps midnight)."""
+
+    kind = "time"
+
+    def __init__(self, name: str, values: object) -> None:
+        super().__init__(name)
+        specs = []
+        for v in _strings(name, self.kind, values):
+            m = _TIME.match(v.strip())
+            if not m or not (m.group(1) or m.group(2)):
+                raise AclError(
+                    f"acl.{name}.time: {v!r} is not like \"MTWHF 09:00-17:00\" "
+                    "(days S M T W H F A, then hh:mm-hh:mm)"
+                )
+            days = frozenset(_DAYS.index(c) for c in m.group(1)) if m.group(1) else None
+            if m.group(2):
+                h1, m1, h2, m2 = (int(m.group(i)) for i in range(2, 6))
+                if h1 > 24 or h2 > 24 or m1 > 59 or m2 > 59:
+                    raise AclError(f"acl.{name}.time: {v!r} has an invalid time of day")
+                window = (h1 * 60 + m1, h2 * 60 + m2)
+            else:
+                window = None
+            specs.append((days, window))
+        self.specs = tuple(specs)
+
+    def match(self, ctx: AclContext) -> bool:
+        if ctx.utcoffset is None:
+            t = _time.localtime(ctx.now)
+        else:
+            t = _time.gmtime(ctx.now + ctx.utcoffset)
+        day = (t.tm_wday + 1) % 7  # tm_wday: Monday is 0; squid's list starts on Sunday
+        minute = t.tm_hour * 60 + t.tm_min
+        for days, window in self.specs:
+            if days is not None and day not in days:
+                continue
+            if window is None:
+                return True
+            lo, hi = window
+            if lo <= hi:
+                if lo <= minute < hi:
+                    return True
+            elif minute >= lo or minute < hi:
+                return True
+        return False
+
+
+class ProxyAuthAcl(Acl):
+    """Matches authenticated users by name; ``["REQUIRED"]`` matches any authenticated user."""
+
+    kind = "proxy_auth"
+
+    def __init__(self, name: str, values: object) -> None:
+        super().__init__(name)
+        users = _strings(name, self.kind, values)
+        self.any_user = "REQUIRED" in users
+        self.users = frozenset(u for u in users if u != "REQUIRED")
+
+    def match(self, ctx: AclContext) -> bool:
+        return bool(ctx.user) and (self.any_user or ctx.user in self.users)
+
+
+ACL_TYPES: dict[str, type[Acl]] = {
+    cls.kind: cls
+    for cls in (
+        SrcAcl, DstAcl, DstDomainAcl, DstDomRegexAcl, PortAcl, MethodAcl, UrlRegexAcl, TimeAcl,
+        ProxyAuthAcl,
+    )
+}
+
+
+def _predefined_dst(name: str, nets: Iterable[str]) -> DstAcl:
+    acl = DstAcl(name, None)
+    acl.networks = tuple(ipaddress.ip_network(n) for n in nets)
+    return acl
+
+
+def predefined() -> dict[str, Acl]:
+    """ACLs every configuration has, like squid's ``all``."""
+    return {
+        "all": AllAcl("all"),
+        "to_localhost": _predefined_dst(
+            "to_localhost", ["127.0.0.0/8", "::1/128", "0.0.0.0/32", "::/128"]
+        ),
+        "to_linklocal": _predefined_dst(
+            "to_linklocal", ["169.254.0.0/16", "fe80::/10", "fd00:ec2::254/128"]
+        ),
+        "to_private": _predefined_dst(
+            "to_private",
+            ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7"],
+        ),
+    }
+
+
+def make_acl(name: str, kind: str, values: object) -> Acl:
+    """Build the ACL ``name`` of type ``kind`` from its configured values."""
+    cls = ACL_TYPES.get(kind)
+    if cls is None:
+        raise AclError(f"acl.{name}: unknown type {kind!r} (one of {', '.join(sorted(ACL_TYPES))})")
+    return cls(name, values)  # type: ignore[call-arg]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """``allow`` or ``deny`` when every term matches; a term is ``(acl, negated)``."""
+
+    allow: bool
+    terms: tuple[tuple[Acl, bool], ...]
+    text: str
+
+    @property
+    def needs_addresses(self) -> bool:
+        return any(acl.needs_addresses for acl, _ in self.terms)
+
+    def matches(self, ctx: AclContext) -> bool:
+        for acl, negated in self.terms:
+            if acl.match(ctx) == negated:
+                return False
+        return True
+
+
+def parse_rule(text: str, acls: dict[str, Acl], where: str = "access.rules") -> Rule:
+    """Parse ``"allow|deny [!]NAME ..."`` against the defined ACLs."""
+    words = text.split()
+    if not words or words[0] not in ("allow", "deny"):
+        raise AclError(f"{where}: {text!r} must start with \"allow\" or \"deny\"")
+    if len(words) == 1:
+        raise AclError(f"{where}: {text!r} names no ACL (write \"{words[0]} all\")")
+    terms = []
+    for w in words[1:]:
+        negated = w.startswith("!")
+        name = w[1:] if negated else w
+        if name not in acls:
+            raise AclError(f"{where}: {text!r} uses ACL {name!r}, which is not defined")
+        terms.append((acls[name], negated))
+    return Rule(words[0] == "allow", tuple(terms), " ".join(words))
+
+
+class AccessPolicy:
+    """An ordered list of rules; the first match decides, no match denies."""
+
+    def __init__(self, rules: Sequence[Rule]) -> None:
+        self.rules = tuple(rules)
+        self.needs_addresses = any(r.needs_addresses for r in self.rules)
+
+    def check(self, ctx: AclContext) -> Rule | None:
+        """The deciding rule (``rule.allow`` says allow), or ``None``: no rule matched, deny.
+
+        :raise NeedAddresses: a rule reached needs ``ctx.addresses`` and it is ``None``.
+        """
+        for rule in self.rules:
+            if rule.matches(ctx):
+                return rule
+        return None
+
+    def allows(self, ctx: AclContext) -> bool:
+        rule = self.check(ctx)
+        return rule is not None and rule.allow
+
+    def open_rules(self) -> list[Rule]:
+        """``allow`` rules that admit clients from any source: no ``src`` or ``proxy_auth`` ACL
+        among their non-negated terms (the open-proxy mistake)."""
+        return [
+            r
+            for r in self.rules
+            if r.allow
+            and not any(
+                not neg and acl.kind in ("src", "proxy_auth") for acl, neg in r.terms
+            )
+        ]

@@ -1,0 +1,66 @@
+# -*- test-case-name: tests.test_filters -*-
+"""Runs the configured filters' hooks in order, synchronously where every hook answers so.
+
+:meth:`FilterChain.run` calls each hook in turn; the first that answers with something other
+than ``None`` ends the run. A hook that returns a Deferred makes the rest of the run wait for it
+(and only then is a Deferred involved): the synchronous path allocates none.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from twisted.internet.defer import Deferred
+
+from fwproxy.interfaces import (
+    IConnectFilter,
+    IConnectionFilter,
+    IFilterLifecycle,
+    IRequestFilter,
+    IResponseFilter,
+    ITransactionObserver,
+)
+
+Hook = Callable[..., Any]
+
+
+def run(hooks: Sequence[Hook], *args: Any) -> Any:
+    """Call ``hooks`` in order with ``args`` until one answers; return its answer (or a
+    Deferred of it when a hook answered with a Deferred). ``None``: nobody answered."""
+    for i, hook in enumerate(hooks):
+        result = hook(*args)
+        if result is None:
+            continue
+        if isinstance(result, Deferred):
+            rest = hooks[i + 1 :]
+
+            def _next(value: Any) -> Any:
+                return value if value is not None else run(rest, *args)
+
+            return result.addCallback(_next)
+        return result
+    return None
+
+
+class FilterChain:
+    """The hooks of a list of filters, sorted by interface once, in configuration order."""
+
+    def __init__(self, filters: Sequence[object]) -> None:
+        self.filters = tuple(filters)
+        self.connection: tuple[Hook, ...] = tuple(
+            f.clientConnected for f in filters if IConnectionFilter.providedBy(f)  # type: ignore[attr-defined]
+        )
+        self.request: tuple[Hook, ...] = tuple(
+            f.requestReceived for f in filters if IRequestFilter.providedBy(f)  # type: ignore[attr-defined]
+        )
+        self.connect: tuple[Hook, ...] = tuple(
+            f.connectReceived for f in filters if IConnectFilter.providedBy(f)  # type: ignore[attr-defined]
+        )
+        self.response: tuple[Hook, ...] = tuple(
+            f.responseReceived for f in filters if IResponseFilter.providedBy(f)  # type: ignore[attr-defined]
+        )
+        self.observers: tuple[Hook, ...] = tuple(
+            f.transactionFinished for f in filters if ITransactionObserver.providedBy(f)  # type: ignore[attr-defined]
+        )
+        self.lifecycle = tuple(f for f in filters if IFilterLifecycle.providedBy(f))

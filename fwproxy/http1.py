@@ -1,0 +1,453 @@
+# -*- test-case-name: tests.test_http1 -*-
+"""HTTP/1.1 framing, sans-IO: bytes in, events out; heads and chunks out as bytes.
+
+:class:`RequestReader` and :class:`ResponseReader` wrap httptools (llhttp) parsers. They keep
+llhttp's strict defaults (no leniencies: conflicting Content-Length, Content-Length with
+Transfer-Encoding, bare CR, obs-fold and the like are errors) and add what a proxy needs around
+it: limits on the head, only HTTP/1.0 and 1.1, trailers dropped, heads of responses to HEAD found
+by hand (llhttp cannot be told the request was HEAD), and close-delimited bodies ended by EOF.
+
+Events are tuples ``(kind, payload)``:
+
+- ``(HEAD, RequestHead | ResponseHead)``
+- ``(INTERIM, ResponseHead)`` for a 1xx response other than 101
+- ``(BODY, bytes)`` decoded body data
+- ``(END, None)`` the message is complete
+- ``(REST, bytes)`` bytes after a CONNECT head: they belong to the tunnel
+- ``(ERROR, ProtocolError)`` the stream is unusable from here on
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import httptools
+
+HEAD, INTERIM, BODY, END, REST, ERROR = range(6)
+
+Event = tuple[int, object]
+
+#: Hop-by-hop fields (RFC 9110 §7.6.1) plus proxy credentials, which are for this proxy only.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authorization",
+        b"proxy-authenticate",
+    }
+)
+
+NO_BODY_STATUS = frozenset({204, 304})
+
+
+class ProtocolError(Exception):
+    """The peer broke HTTP/1.1 framing; ``status`` is what to answer (for a client)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class RequestHead:
+    """A parsed request head. ``target`` and ``method`` are raw bytes as received."""
+
+    __slots__ = (
+        "method", "target", "version", "headers", "keep_alive", "chunked", "content_length",
+        "size",
+    )
+
+    def __init__(
+        self,
+        method: bytes,
+        target: bytes,
+        version: str,
+        headers: list[tuple[bytes, bytes]],
+        keep_alive: bool,
+        chunked: bool,
+        content_length: int | None,
+        size: int = 0,
+    ) -> None:
+        self.method = method
+        self.target = target
+        self.version = version
+        self.headers = headers
+        self.keep_alive = keep_alive
+        self.chunked = chunked
+        self.content_length = content_length
+        self.size = size
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or bool(self.content_length)
+
+
+class ResponseHead:
+    """A parsed response head; ``body`` is ``"none"``, ``"length"``, ``"chunked"`` or
+    ``"close"`` (delimited by the connection closing)."""
+
+    __slots__ = ("status", "reason", "version", "headers", "keep_alive", "body", "content_length")
+
+    def __init__(
+        self,
+        status: int,
+        reason: bytes,
+        version: str,
+        headers: list[tuple[bytes, bytes]],
+        keep_alive: bool,
+        body: str,
+        content_length: int | None,
+    ) -> None:
+        self.status = status
+        self.reason = reason
+        self.version = version
+        self.headers = headers
+        self.keep_alive = keep_alive
+        self.body = body
+        self.content_length = content_length
+
+
+def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    for k, v in headers:
+        if len(k) == 14 and k.lower() == b"content-length":
+            return int(v)
+    return None
+
+
+def _is_chunked(headers: list[tuple[bytes, bytes]]) -> bool:
+    for k, v in headers:
+        if len(k) == 17 and k.lower() == b"transfer-encoding":
+            return True  # llhttp has already refused anything but a final "chunked"
+    return False
+
+
+class RequestReader:
+    """Parses a client's byte stream into request events, pipelined requests included."""
+
+    def __init__(
+        self, max_head_size: int = 65536, max_headers: int = 200, max_target: int = 65536
+    ) -> None:
+        self.max_head_size = max_head_size
+        self.max_headers = max_headers
+        self.max_target = max_target
+        self._parser = httptools.HttpRequestParser(self)
+        self._events: list[Event] = []
+        self._url: list[bytes] = []
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._size = 0
+        self._in_head = False
+        self._dead = False
+        #: True between the first byte of a request and the end of its head
+        self.head_started = False
+
+    # -- httptools callbacks: trivial on purpose (an exception here loses its offset) ------
+    def on_message_begin(self) -> None:
+        self._in_head = True
+        self.head_started = True
+        self._url = []
+        self._headers = []
+        self._size = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._url.append(url)
+        self._size += len(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._in_head:
+            self._headers.append((name, value))
+            self._size += len(name) + len(value) + 4
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self.head_started = False
+        if self._dead:
+            return
+        p = self._parser
+        target = b"".join(self._url)
+        error = self._check_limits(target)
+        if error is not None:
+            self._fail(error)
+            return
+        version = p.get_http_version()
+        if version != "1.1" and version != "1.0":
+            self._fail(ProtocolError(505, f"HTTP/{version} is not supported; use HTTP/1.1"))
+            return
+        headers = self._headers
+        chunked = _is_chunked(headers)
+        self._events.append(
+            (
+                HEAD,
+                RequestHead(
+                    p.get_method(),
+                    target,
+                    version,
+                    headers,
+                    p.should_keep_alive(),
+                    chunked,
+                    None if chunked else _content_length(headers),
+                    self._size,
+                ),
+            )
+        )
+
+    def on_body(self, data: bytes) -> None:
+        if not self._dead:
+            self._events.append((BODY, data))
+
+    def on_message_complete(self) -> None:
+        if not self._dead:
+            self._events.append((END, None))
+
+    # -- API ---------------------------------------------------------------------------------
+    def _check_limits(self, target: bytes) -> ProtocolError | None:
+        if len(target) > self.max_target:
+            return ProtocolError(414, "request target too long")
+        if self._size > self.max_head_size:
+            return ProtocolError(431, "request header block too large")
+        if len(self._headers) > self.max_headers:
+            return ProtocolError(431, "too many request header fields")
+        return None
+
+    def _fail(self, error: ProtocolError) -> None:
+        self._dead = True
+        self._events.append((ERROR, error))
+
+    def feed(self, data: bytes) -> list[Event]:
+        """Parse ``data``; return the events it completes (possibly none)."""
+        if self._dead:
+            return []
+        events = self._events = []
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as e:
+            offset = e.args[0]
+            heads = [p for kind, p in events if kind == HEAD]
+            if heads and heads[-1].method == b"CONNECT":  # type: ignore[attr-defined]
+                self._dead = True
+                events.append((REST, data[offset:]))
+                return events
+            # An Upgrade request (we never upgrade; the header is hop-by-hop): carry on with a
+            # fresh parser, the message itself is complete.
+            self._parser = httptools.HttpRequestParser(self)
+            rest = data[offset:]
+            if rest:
+                more = self.feed(rest)
+                events.extend(more)
+                self._events = events
+            return events
+        except httptools.HttpParserError as e:
+            if not self._dead:
+                msg = str(e) or type(e).__name__
+                status = 505 if "version" in msg.lower() else 400
+                if isinstance(e, httptools.HttpParserInvalidMethodError):
+                    status = 400
+                self._fail(ProtocolError(status, f"malformed request: {msg}"))
+            return events
+        if self._in_head and not self._dead and self._size > self.max_head_size:
+            self._fail(ProtocolError(431, "request header block too large"))
+        return events
+
+
+class ResponseReader:
+    """Parses one upstream response (and the 1xx responses before it)."""
+
+    def __init__(self, request_method: bytes = b"GET", max_head_size: int = 65536) -> None:
+        self._head_only = request_method == b"HEAD"
+        self.max_head_size = max_head_size
+        self._parser = httptools.HttpResponseParser(self)
+        self._events: list[Event] = []
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._reason: list[bytes] = []
+        self._size = 0
+        self._in_head = False
+        self._buffer = b""  # only for responses to HEAD
+        #: "none" before the final head; its body kind afterwards
+        self.body_kind = ""
+        #: the final response is complete
+        self.done = False
+        #: bytes arrived after the response ended (the connection can't be reused)
+        self.extra = False
+        self.started = False
+        self._dead = False
+
+    # -- httptools callbacks -----------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        if self.done:
+            self.extra = True
+            return
+        self.started = True
+        self._in_head = True
+        self._headers = []
+        self._reason = []
+        self._size = 0
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason.append(reason)
+        self._size += len(reason)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._in_head and not self.done:
+            self._headers.append((name, value))
+            self._size += len(name) + len(value) + 4
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        if self.done or self._dead:
+            return
+        p = self._parser
+        status = p.get_status_code()
+        version = p.get_http_version()
+        headers = self._headers
+        reason = b"".join(self._reason)
+        if self._size > self.max_head_size:
+            self._fail(ProtocolError(502, "upstream response head too large"))
+            return
+        if version != "1.1" and version != "1.0":
+            self._fail(ProtocolError(502, f"upstream answered with HTTP/{version}"))
+            return
+        if 100 <= status < 200:
+            if status == 101:
+                self._fail(ProtocolError(502, "upstream switched protocols unasked"))
+                return
+            self._events.append(
+                (INTERIM, ResponseHead(status, reason, version, headers, True, "none", None))
+            )
+            return
+        length = None
+        if self._head_only or status in NO_BODY_STATUS:
+            kind = "none"
+            if self._head_only:
+                length = _content_length(headers)
+        elif _is_chunked(headers):
+            kind = "chunked"
+        else:
+            length = _content_length(headers)
+            kind = "close" if length is None else "length"
+        self.body_kind = kind
+        keep = p.should_keep_alive() and kind != "close"
+        self._events.append(
+            (HEAD, ResponseHead(status, reason, version, headers, keep, kind, length))
+        )
+        if self._head_only:
+            self._finish()
+
+    def on_body(self, data: bytes) -> None:
+        if not self.done and not self._dead:
+            self._events.append((BODY, data))
+
+    def on_message_complete(self) -> None:
+        if self.body_kind and not self._head_only and not self.done and not self._dead:
+            self._finish()
+
+    def _finish(self) -> None:
+        self.done = True
+        self._events.append((END, None))
+
+    def _fail(self, error: ProtocolError) -> None:
+        self._dead = True
+        self._events.append((ERROR, error))
+
+    # -- API ---------------------------------------------------------------------------------
+    def feed(self, data: bytes) -> list[Event]:
+        """Parse ``data``; return the events it completes."""
+        if self._dead:
+            return []
+        if self.done:
+            self.extra = True
+            return []
+        events = self._events = []
+        if self._head_only:
+            self._feed_head_only(data)
+            return events
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(ProtocolError(502, "upstream switched protocols unasked"))
+        except httptools.HttpParserError as e:
+            if not self._dead:
+                self._fail(ProtocolError(502, f"malformed upstream response: {e}"))
+        if self._in_head and not self._dead and self._size > self.max_head_size:
+            self._fail(ProtocolError(502, "upstream response head too large"))
+        return events
+
+    def _feed_head_only(self, data: bytes) -> None:
+        # llhttp would read the body a HEAD response announces; cut each head out by hand and
+        # give it to a fresh parser.
+        self.started = True
+        buf = self._buffer + data
+        while not self.done and not self._dead:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buf) > self.max_head_size:
+                    self._fail(ProtocolError(502, "upstream response head too large"))
+                self._buffer = buf
+                return
+            head, buf = buf[: end + 4], buf[end + 4 :]
+            self._parser = httptools.HttpResponseParser(self)
+            try:
+                self._parser.feed_data(head)
+            except httptools.HttpParserError as e:
+                self._fail(ProtocolError(502, f"malformed upstream response: {e}"))
+        self._buffer = b""
+        if buf and self.done:
+            self.extra = True
+
+    def eof(self) -> list[Event]:
+        """The upstream closed: end a close-delimited body, or report truncation."""
+        if self.done or self._dead:
+            return []
+        if self.body_kind == "close":
+            self.done = True
+            return [(END, None)]
+        self._dead = True
+        if self.body_kind:
+            return [(ERROR, ProtocolError(502, "upstream closed the connection mid-body"))]
+        return [(ERROR, ProtocolError(502, "upstream closed the connection without a response"))]
+
+
+# -- serialising ------------------------------------------------------------------------------
+
+
+def connection_tokens(fields: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    """The lower-cased field names listed in ``Connection`` headers."""
+    tokens: set[bytes] = set()
+    for k, v in fields:
+        if len(k) == 10 and k.lower() == b"connection":
+            tokens.update(t.strip().lower() for t in v.split(b",") if t.strip())
+    return frozenset(tokens)
+
+
+def end_to_end(fields: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """``fields`` without hop-by-hop ones: the fixed set and every field ``Connection`` names."""
+    tokens = connection_tokens(fields)
+    if tokens:
+        drop = HOP_BY_HOP | tokens
+        return [(k, v) for k, v in fields if k.lower() not in drop]
+    return [(k, v) for k, v in fields if k.lower() not in HOP_BY_HOP]
+
+
+def _fields(fields: Iterable[tuple[bytes, bytes]]) -> bytes:
+    return b"".join([k + b": " + v + b"\r\n" for k, v in fields])
+
+
+def request_head(method: bytes, target: bytes, fields: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """Serialise an HTTP/1.1 request head."""
+    return method + b" " + target + b" HTTP/1.1\r\n" + _fields(fields) + b"\r\n"
+
+
+def response_head(status: int, reason: bytes, fields: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """Serialise an HTTP/1.1 status line and header block."""
+    return b"HTTP/1.1 %d %s\r\n" % (status, reason) + _fields(fields) + b"\r\n"
+
+
+def chunk(data: bytes) -> list[bytes]:
+    """One chunk of the chunked transfer coding, as pieces for ``writeSequence``."""
+    return [b"%x\r\n" % len(data), data, b"\r\n"]
+
+
+LAST_CHUNK = b"0\r\n\r\n"

@@ -1,0 +1,97 @@
+# -*- test-case-name: tests.test_logformat -*-
+"""Access-log line formats, sans-IO: a :class:`TransactionRecord` in, one line of text out.
+
+- ``squid``: squid's native access.log
+  (``time elapsed client code/status bytes method URL user hierarchy/peer type``);
+- ``combined``: the Apache/NCSA combined format;
+- ``json``: one JSON object per line.
+
+Every field that a client controls is escaped: control characters, spaces inside the squid
+format's space-separated fields, and quotes inside the combined format's quoted fields are
+written as ``\\xHH`` (or ``\\"``), so a client cannot forge or split log lines.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable
+
+from fwproxy.record import TransactionRecord
+
+_CONTROL = re.compile(r"[\x00-\x20\x7f-\x9f\"\\]")
+_QUOTED = re.compile(r"[\x00-\x1f\x7f-\x9f\"\\]")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def _esc(m: re.Match[str]) -> str:
+    c = m.group()
+    return "\\" + c if c in '"\\' else f"\\x{ord(c):02x}"
+
+
+def field(value: str) -> str:
+    """A space-free, control-free token for the squid format; ``-`` when empty."""
+    return _CONTROL.sub(_esc, value) if value else "-"
+
+
+def quoted(value: str) -> str:
+    """Text safe inside double quotes on one line."""
+    return _QUOTED.sub(_esc, value)
+
+
+def squid(r: TransactionRecord) -> str:
+    hier = f"HIER_DIRECT/{field(r.upstream.rpartition(':')[0].strip('[]'))}" if r.upstream else "HIER_NONE/-"
+    return (
+        f"{r.started:.3f} {int(r.duration * 1000):6d} {field(r.client)} "
+        f"{r.result}/{r.status:03d} {r.bytes_out} {field(r.method)} {field(r.target)} "
+        f"{field(r.user)} {hier} {field(r.content_type.partition(';')[0].strip())}"
+    )
+
+
+def _clf_time(t: float) -> str:
+    lt = time.localtime(t)
+    off = lt.tm_gmtoff // 60
+    sign = "+" if off >= 0 else "-"
+    return (
+        f"{lt.tm_mday:02d}/{_MONTHS[lt.tm_mon - 1]}/{lt.tm_year}:"
+        f"{lt.tm_hour:02d}:{lt.tm_min:02d}:{lt.tm_sec:02d} {sign}{abs(off) // 60:02d}{abs(off) % 60:02d}"
+    )
+
+
+def combined(r: TransactionRecord) -> str:
+    request = quoted(f"{r.method} {r.target} HTTP/{r.version}")
+    return (
+        f"{field(r.client)} - {field(r.user)} [{_clf_time(r.started)}] \"{request}\" "
+        f"{r.status} {r.bytes_out} \"{quoted(r.referer) or '-'}\" \"{quoted(r.user_agent) or '-'}\""
+    )
+
+
+def as_json(r: TransactionRecord) -> str:
+    return json.dumps(
+        {
+            "time": round(r.started, 3),
+            "duration_ms": int(r.duration * 1000),
+            "client": r.client,
+            "user": r.user,
+            "method": r.method,
+            "target": r.target,
+            "version": r.version,
+            "status": r.status,
+            "result": r.result,
+            "bytes_in": r.bytes_in,
+            "bytes_out": r.bytes_out,
+            "upstream": r.upstream,
+            "content_type": r.content_type,
+            "referer": r.referer,
+            "user_agent": r.user_agent,
+        },
+        separators=(",", ":"),
+    )
+
+
+FORMATS: dict[str, Callable[[TransactionRecord], str]] = {
+    "squid": squid,
+    "combined": combined,
+    "json": as_json,
+}

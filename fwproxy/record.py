@@ -1,0 +1,48 @@
+# -*- test-case-name: tests.test_logformat -*-
+"""The record of one finished transaction, as access loggers and metrics see it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+#: squid-style result codes fwproxy produces
+TCP_MISS = "TCP_MISS"
+TCP_MISS_ABORTED = "TCP_MISS_ABORTED"
+TCP_TUNNEL = "TCP_TUNNEL"
+TCP_TUNNEL_ABORTED = "TCP_TUNNEL_ABORTED"
+TCP_DENIED = "TCP_DENIED"
+NONE_NONE = "NONE_NONE"
+
+
+@dataclass
+class TransactionRecord:
+    """One request and its outcome.
+
+    ``client`` is the client's address as the transport reports it; ``user`` the authenticated
+    user ("" when none); ``method`` and ``target`` as the client sent them (``target`` is the
+    absolute URI or the CONNECT authority); ``status`` the status sent to the client (0 if none
+    was sent); ``bytes_in`` the bytes received from the client for this transaction (head and
+    body, or tunnel bytes); ``bytes_out`` the bytes sent to the client; ``started`` the wall-clock
+    time (seconds since the epoch, from the proxy's clock) the request head arrived;
+    ``duration`` seconds until the transaction ended; ``upstream`` the ``host:port`` the proxy
+    connected to, or ""; ``result`` the squid-style result code; ``version`` the client's HTTP
+    version; ``content_type`` of the response, ``referer`` and ``user_agent`` of the request
+    (for the combined format); ``notes`` what filters left in ``Request.notes``.
+    """
+
+    client: str
+    method: str
+    target: str
+    status: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    started: float = 0.0
+    duration: float = 0.0
+    upstream: str = ""
+    result: str = NONE_NONE
+    user: str = ""
+    version: str = "1.1"
+    content_type: str = ""
+    referer: str = ""
+    user_agent: str = ""
+    notes: dict[str, object] = field(default_factory=dict)

@@ -1,0 +1,406 @@
+# -*- test-case-name: tests.test_protocol -*-
+"""The client side: :class:`ProxyFactory` and the :class:`ProxyProtocol` it makes per connection.
+
+The protocol only moves bytes: it feeds what the client sends to a
+:class:`fwproxy.http1.RequestReader`, queues the events, and hands them one at a time to the
+current transaction (:mod:`fwproxy.relay`, :mod:`fwproxy.tunnel`, or the proxy's own answers in
+:mod:`fwproxy.transaction`). An event the transaction cannot take yet (a pipelined request, a
+body chunk while the upstream is still being connected) stays queued and the client is not read
+from until it is taken: at most one read's worth of data is ever buffered per connection.
+
+Reading from the client is paused for several independent reasons (queued events, a full
+upstream write buffer, a pending connection filter); it resumes only when none is left.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import deque
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from fwproxy import chain as _chain
+from fwproxy.chain import FilterChain
+from fwproxy.config import Config
+from fwproxy.http1 import END, ERROR, HEAD, REST, ProtocolError, RequestHead, RequestReader
+from fwproxy.message import Response
+from fwproxy.plugins import FilterContext, find_factory
+from fwproxy.relay import RelayTransaction
+from fwproxy.resolver import ReactorResolver
+from fwproxy.timer import Deadline
+from fwproxy.transaction import LocalTransaction, Transaction
+from fwproxy.tunnel import ConnectTransaction, Tunnel, TunnelUpstream
+from fwproxy.upstream import UpstreamPool
+
+log = Logger()
+
+
+@implementer(IPushProducer)
+class _ReasonProducer:
+    """Lets a consumer (an upstream transport) pause the client under one named reason."""
+
+    def __init__(self, proto: ProxyProtocol, reason: str) -> None:
+        self._proto = proto
+        self._reason = reason
+
+    def pauseProducing(self) -> None:
+        self._proto.pause_reason(self._reason)
+
+    def resumeProducing(self) -> None:
+        self._proto.resume_reason(self._reason)
+
+    def stopProducing(self) -> None:
+        self._proto.transport.loseConnection()
+
+
+@implementer(IHalfCloseableProtocol)
+class ProxyProtocol(Protocol):
+    """One client connection."""
+
+    factory: ProxyFactory
+
+    def __init__(self, factory: ProxyFactory) -> None:
+        self.factory = factory
+        limits = factory.config.limits
+        self.reader = RequestReader(limits.max_header_size, limits.max_headers, limits.max_target)
+        self.queue: deque[tuple[int, Any]] = deque()
+        self.current: Transaction | None = None
+        self.tunnel: Tunnel | None = None
+        self.producer = _ReasonProducer(self, "upstream")
+        self.client: tuple[str, int] = ("", 0)
+        self.local: tuple[str, int] = ("", 0)
+        self._pauses: set[str] = set()
+        self._raw = False
+        self._read_closed = False
+        self._processing = False
+        self._closing = False
+        self._idle_mode = True
+        self.timer: Any = None
+
+    # -- connection ------------------------------------------------------------------------
+    def connectionMade(self) -> None:
+        t = self.transport
+        peer, host = t.getPeer(), t.getHost()  # type: ignore[union-attr]
+        self.client = (getattr(peer, "host", "") or "", getattr(peer, "port", 0) or 0)
+        self.local = (getattr(host, "host", "") or "", getattr(host, "port", 0) or 0)
+        try:
+            t.setTcpNoDelay(True)  # type: ignore[union-attr]
+        except (AttributeError, OSError):
+            pass
+        self.timer = Deadline(
+            self.factory.reactor, self.factory.config.timeouts.request_header, self._idle_timeout
+        )
+        self.factory.connections.add(self)
+        hooks = self.factory.chain.connection
+        if hooks:
+            self._check_connection(hooks)
+
+    def _check_connection(self, hooks: tuple[Any, ...]) -> None:
+        def decide(ok: object) -> None:
+            self.resume_reason("connection-filter")
+            if ok is False:
+                self._close()
+
+        def failed(f: Failure) -> None:
+            log.failure("fwproxy: connection filter failed", f)
+            self._close()
+
+        try:
+            result = _chain.run([lambda *a, h=h: _bool_or_none(h(*a)) for h in hooks],
+                                self.client, self.local)
+        except Exception:
+            failed(Failure())
+            return
+        if isinstance(result, Deferred):
+            self.pause_reason("connection-filter")
+            result.addCallbacks(decide, failed)
+        elif result is False:
+            self._close()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.client_data(data)
+            return
+        if self._closing:
+            return
+        if self._raw:
+            self.queue.append((REST, data))
+        else:
+            if self._idle_mode and self.current is None:
+                # the first byte of a request head: from now on, the head must arrive in time
+                self._idle_mode = False
+                self.timer.restart(
+                    self.factory.config.timeouts.request_header, self._header_timeout
+                )
+            events = self.reader.feed(data)
+            if events:
+                for kind, payload in events:
+                    if kind == REST:
+                        self._raw = True
+                self.queue.extend(events)
+        self.process()
+
+    def process(self) -> None:
+        """Hand queued events to the current transaction while it takes them."""
+        if self._processing:
+            return
+        self._processing = True
+        try:
+            q = self.queue
+            while q and not self._closing:
+                kind, payload = q[0]
+                cur = self.current
+                if cur is None:
+                    q.popleft()
+                    if kind == HEAD:
+                        self._start(payload)
+                    elif kind == ERROR:
+                        self._protocol_error(payload)
+                elif cur.accepts(kind):
+                    q.popleft()
+                    cur.client_event(kind, payload)
+                else:
+                    break
+        finally:
+            self._processing = False
+        if self._closing:
+            return
+        if self.queue:
+            self.pause_reason("queue")
+        else:
+            self.resume_reason("queue")
+            if self._read_closed and self.current is None:
+                self._close()
+
+    def _start(self, head: RequestHead) -> None:
+        self._idle_mode = False
+        self.timer.cancel()
+        txn: Any
+        if head.method == b"CONNECT":
+            txn = ConnectTransaction(self, head)
+        elif head.target[:1] == b"/" or head.target == b"*":
+            txn = LocalTransaction(self, head)
+        else:
+            txn = RelayTransaction(self, head)
+        self.current = txn
+        try:
+            txn.start()
+        except Exception:
+            txn.fail(Failure())
+
+    def _protocol_error(self, error: ProtocolError) -> None:
+        """A request that cannot be parsed: answer it and close."""
+        head = RequestHead(b"NONE", b"error:invalid-request", "1.1", [], False, False, None)
+        txn = Transaction(self, head)
+        self.current = txn
+        txn.answer(Response.text(error.status, f"fwproxy: {error.message}"), close=True)
+
+    def transaction_finished(self, txn: Transaction, keep_alive: bool) -> None:
+        """Called by the current transaction when it has ended."""
+        if txn is not self.current:
+            return
+        self.current = None
+        if txn.logged:
+            self.factory.observe(txn)
+        if not keep_alive or self._raw or self.tunnel is not None:
+            self._close()
+            return
+        self._idle_mode = True
+        self.timer.restart(self.factory.config.timeouts.client_idle, self._idle_timeout)
+        self.process()
+
+    def start_tunnel(self, txn: ConnectTransaction, upstream: TunnelUpstream, idle: float) -> Tunnel:
+        """The CONNECT succeeded: splice the client to ``upstream``."""
+        self.timer.cancel()
+        tunnel = Tunnel(txn, upstream, idle)
+        self.tunnel = tunnel
+        early = [p for k, p in self.queue if k == REST]
+        self.queue.clear()
+        self._pauses.clear()
+        for data in early:
+            if data:
+                tunnel.client_data(data)
+        self.transport.resumeProducing()  # type: ignore[union-attr]
+        if self._read_closed:
+            tunnel.client_eof()
+        return tunnel
+
+    # -- timeouts --------------------------------------------------------------------------
+    def _idle_timeout(self) -> None:
+        if self.current is None and self.tunnel is None:
+            self._close()
+
+    def _header_timeout(self) -> None:
+        if self.current is None and self.tunnel is None:
+            head = RequestHead(b"NONE", b"error:request-timeout", "1.1", [], False, False, None)
+            txn = Transaction(self, head)
+            self.current = txn
+            txn.answer(Response.text(408, "fwproxy: request header timeout"), close=True)
+
+    # -- flow control ----------------------------------------------------------------------
+    def pause_reason(self, reason: str) -> None:
+        if not self._pauses and self.transport is not None:
+            self.transport.pauseProducing()  # type: ignore[union-attr]
+        self._pauses.add(reason)
+
+    def resume_reason(self, reason: str) -> None:
+        if reason in self._pauses:
+            self._pauses.discard(reason)
+            if not self._pauses and self.transport is not None and not self._closing:
+                self.transport.resumeProducing()  # type: ignore[union-attr]
+
+    # -- closing ---------------------------------------------------------------------------
+    def _close(self) -> None:
+        if not self._closing:
+            self._closing = True
+            self.queue.clear()
+            if self.timer is not None:
+                self.timer.cancel()
+            self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def readConnectionLost(self) -> None:
+        self._read_closed = True
+        if self.tunnel is not None:
+            self.tunnel.client_eof()
+            return
+        cur = self.current
+        if cur is not None:
+            if not cur.request_done and not any(k == END or k == ERROR for k, _ in self.queue):
+                cur.client_lost()  # the client gave up in the middle of its request
+                self._close()
+            return
+        self.process()
+        if self.current is None and not self._closing:
+            self._close()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self._closing = True
+        self.factory.connections.discard(self)
+        if self.timer is not None:
+            self.timer.cancel()
+        self.queue.clear()
+        if self.tunnel is not None:
+            self.tunnel.client_lost()
+        cur = self.current
+        if cur is not None:
+            cur.client_lost()
+
+
+def _bool_or_none(value: Any) -> Any:
+    # chain.run stops at the first non-None answer: "True" (serve) must let later hooks run
+    if isinstance(value, Deferred):
+        return value.addCallback(lambda v: None if v is True else v)
+    return None if value is True else value
+
+
+def build_filters(config: Config, context: FilterContext) -> list[object]:
+    """Build every configured filter, built-ins first, in order."""
+    return [find_factory(s.name).build(s.options, context) for s in config.all_filters]
+
+
+class ProxyFactory(Factory):
+    """Makes a :class:`ProxyProtocol` per client connection; works with any stream endpoint.
+
+    :param config: the validated :class:`fwproxy.config.Config`.
+    :param reactor: the reactor (IReactorTime and IReactorTCP at least); tests pass a
+        ``MemoryReactorClock``.
+    :param filters: the filters to run instead of building them from ``config``.
+    :param resolver: an :class:`fwproxy.interfaces.IResolver` (default: the reactor's).
+    """
+
+    protocol = ProxyProtocol  # type: ignore[assignment]
+    noisy = False
+
+    def __init__(
+        self,
+        config: Config,
+        reactor: Any,
+        filters: list[object] | None = None,
+        resolver: Any = None,
+    ) -> None:
+        self.config = config
+        self.reactor = reactor
+        self.resolver = resolver if resolver is not None else ReactorResolver(reactor)
+        self.context = FilterContext(reactor, config, self.resolver)
+        if filters is None:
+            filters = build_filters(config, self.context)
+        self.chain = FilterChain(filters)
+        self.pool = UpstreamPool(reactor, config.pool.max_idle_per_host, config.pool.idle_timeout)
+        self.connections: set[ProxyProtocol] = set()
+        #: (host, port) of every listening port, for forwarding-loop detection
+        self.listening: list[tuple[str, int]] = self.context.listening
+
+    def buildProtocol(self, addr: Any) -> ProxyProtocol:
+        p = ProxyProtocol(self)
+        p.factory = self
+        return p
+
+    def observe(self, txn: Transaction) -> None:
+        observers = self.chain.observers
+        if not observers:
+            return
+        record = txn.record()
+        for observer in observers:
+            try:
+                observer(record)
+            except Exception:
+                log.failure("fwproxy: transaction observer {o!r} failed", o=observer)
+
+    def is_self(self, addresses: list[str], port: int, local: tuple[str, int]) -> bool:
+        """Whether ``addresses``:``port`` is this proxy (a forwarding loop)."""
+        for a in addresses:
+            if port == local[1] and _same_ip(a, local[0]):
+                return True
+            for host, lport in self.listening:
+                if port != lport:
+                    continue
+                if _same_ip(a, host):
+                    return True
+                if host in ("0.0.0.0", "::", "") and _is_local(a, local[0]):
+                    return True
+        return False
+
+    def start(self) -> None:
+        for f in self.chain.lifecycle:
+            f.startFilter()  # type: ignore[attr-defined]
+
+    def stop(self) -> None:
+        self.pool.close_all()
+        for f in self.chain.lifecycle:
+            try:
+                f.stopFilter()  # type: ignore[attr-defined]
+            except Exception:
+                log.failure("fwproxy: stopping filter {f!r}", f=f)
+
+    def reopen_logs(self) -> None:
+        for f in self.chain.lifecycle:
+            f.reopen()  # type: ignore[attr-defined]
+
+
+def _ip(a: str) -> Any:
+    try:
+        ip = ipaddress.ip_address(a.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def _same_ip(a: str, b: str) -> bool:
+    x, y = _ip(a), _ip(b)
+    return x is not None and x == y
+
+
+def _is_local(a: str, local_host: str) -> bool:
+    ip = _ip(a)
+    return ip is not None and (ip.is_loopback or ip.is_unspecified or _same_ip(a, local_host))

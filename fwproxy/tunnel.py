@@ -1,0 +1,296 @@
+# -*- test-case-name: tests.test_tunnel -*-
+"""CONNECT: check, resolve, connect, answer ``200 Connection established``, then splice.
+
+A :class:`Tunnel` joins two flow-controlled byte streams: each side's transport is registered
+as the streaming producer of the other's, so a slow reader on one side pauses reading on the
+other and nothing piles up in the proxy. Half-closes pass through (``IHalfCloseableProtocol``
+on both sides): when one side shuts down its write side, the proxy shuts down its write side
+towards the other, and the tunnel closes when both directions have ended. A TLS layer can sit
+on either stream (a ``TLSMemoryBIOProtocol`` wrapping either side) without the splice changing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import error as ierror
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.protocol import Factory, Protocol
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from fwproxy import chain, http1
+from fwproxy.http1 import END, ERROR, REST
+from fwproxy.message import Headers, Request, Response
+from fwproxy.record import TCP_TUNNEL, TCP_TUNNEL_ABORTED
+from fwproxy.timer import Deadline
+from fwproxy.transaction import Transaction
+
+ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
+
+
+def parse_authority(target: bytes) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` → ``(host, port)``; raise ValueError otherwise."""
+    t = target.decode("ascii")
+    if t.startswith("["):
+        end = t.find("]")
+        if end < 0 or t[end + 1 : end + 2] != ":":
+            raise ValueError("bad IPv6 authority")
+        host, port_s = t[1:end], t[end + 2 :]
+        if ":" not in host:
+            raise ValueError("brackets around a non-IPv6 host")
+    else:
+        host, sep, port_s = t.rpartition(":")
+        if not sep or not host or ":" in host:
+            raise ValueError("CONNECT needs host:port")
+    if not port_s.isdigit() or not 0 < int(port_s) < 65536:
+        raise ValueError("bad port")
+    if any(c in host for c in " /\\@?#"):
+        raise ValueError("bad host")
+    return host.lower(), int(port_s)
+
+
+@implementer(IHalfCloseableProtocol)
+class TunnelUpstream(Protocol):
+    """The proxy's connection to a CONNECT target; forwards everything to its tunnel."""
+
+    tunnel: Tunnel | None = None
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.upstream_data(data)
+
+    def readConnectionLost(self) -> None:
+        if self.tunnel is not None:
+            self.tunnel.upstream_eof()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        tunnel, self.tunnel = self.tunnel, None
+        if tunnel is not None:
+            tunnel.upstream_lost()
+
+
+class _TunnelFactory(Factory):
+    noisy = False
+    protocol = TunnelUpstream
+
+
+class Tunnel:
+    """Splices the client's transport and the upstream's, with flow control and half-close."""
+
+    def __init__(self, txn: ConnectTransaction, upstream: TunnelUpstream, idle: float) -> None:
+        self.txn = txn
+        self.proto = txn.proto
+        self.upstream = upstream
+        self.client_t = self.proto.transport
+        self.upstream_t = upstream.transport
+        self._client_eof = False
+        self._upstream_eof = False
+        self.closed = False
+        upstream.tunnel = self
+        self.upstream_t.registerProducer(self.client_t, True)
+        self.client_t.registerProducer(self.upstream_t, True)
+        self.idle = Deadline(txn.clock, idle, self.close)
+
+    def client_data(self, data: bytes) -> None:
+        self.txn.bytes_in += len(data)
+        self.idle.touch()
+        self.upstream_t.write(data)
+
+    def upstream_data(self, data: bytes) -> None:
+        self.txn.bytes_out += len(data)
+        self.idle.touch()
+        self.client_t.write(data)
+
+    def client_eof(self) -> None:
+        self._client_eof = True
+        if self._upstream_eof:
+            self.close()
+        else:
+            self.upstream_t.loseWriteConnection()
+
+    def upstream_eof(self) -> None:
+        self._upstream_eof = True
+        if self._client_eof:
+            self.close()
+        else:
+            self.client_t.loseWriteConnection()
+
+    def client_lost(self) -> None:
+        if not self.closed:
+            if not (self._client_eof and self._upstream_eof):
+                self.txn.result = TCP_TUNNEL_ABORTED if not self._client_eof else TCP_TUNNEL
+            self.close()
+
+    def upstream_lost(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.idle.cancel()
+        self.upstream.tunnel = None
+        for t in (self.client_t, self.upstream_t):
+            try:
+                t.unregisterProducer()
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+        self.upstream_t.loseConnection()
+        self.client_t.loseConnection()
+        self.txn.tunnel_closed()
+
+
+class ConnectTransaction(Transaction):
+    """A CONNECT request: from its head to the end of its tunnel."""
+
+    def __init__(self, proto: Any, head: http1.RequestHead) -> None:
+        super().__init__(proto, head)
+        self.tunnel: Tunnel | None = None
+        self._waiting: Deferred[Any] | None = None
+        self.timer: Deadline | None = None
+        self._early: list[bytes] = []
+        self.result = TCP_TUNNEL
+
+    def accepts(self, kind: int) -> bool:
+        return kind == END or kind == ERROR or (kind == REST and self.tunnel is not None)
+
+    def client_event(self, kind: int, payload: Any) -> None:
+        if kind == REST:
+            if payload:
+                self.tunnel.client_data(payload)  # type: ignore[union-attr]
+        else:
+            super().client_event(kind, payload)
+
+    def start(self) -> None:
+        head = self.head
+        try:
+            host, port = parse_authority(head.target)
+        except (ValueError, UnicodeDecodeError) as e:
+            self.answer(Response.text(400, f"fwproxy: bad CONNECT target: {e}"), close=True)
+            return
+        self.request = request = Request(
+            "CONNECT",
+            head.target.decode("ascii"),
+            host,
+            port,
+            b"",
+            Headers._adopt(http1.end_to_end(head.headers)),
+            head.version,
+            self.proto.client,
+        )
+        hooks = self.proto.factory.chain.connect
+        try:
+            result = chain.run(hooks, request) if hooks else None
+        except Exception:
+            self.fail(Failure())
+            return
+        if isinstance(result, Deferred):
+            self._wait(result, self._filtered)
+        else:
+            self._filtered(result)
+
+    def _wait(self, d: Deferred[Any], callback: Any) -> None:
+        self._waiting = d
+
+        def done(value: Any) -> Any:
+            self._waiting = None
+            if not self.done:
+                callback(value)
+
+        def failed(f: Failure) -> None:
+            self._waiting = None
+            if not self.done and not f.check(CancelledError):
+                self.fail(f)
+
+        d.addCallback(done).addErrback(failed)
+
+    def _filtered(self, answer: Response | None) -> None:
+        if answer is not None:
+            self.answer(answer, close=True)
+            return
+        factory = self.proto.factory
+        self.timer = Deadline(self.clock, factory.config.timeouts.connect, self._timeout)
+        req = self.request
+        if req.addresses is not None:
+            self._resolved(req.addresses)
+            return
+        result = factory.resolver.resolve(req.host)
+        if isinstance(result, Deferred):
+            self._wait(result, self._resolved)
+        else:
+            self._resolved(result)
+
+    def _resolved(self, addresses: list[str]) -> None:
+        req = self.request
+        req.addresses = addresses
+        if not addresses:
+            self._error(502, f"cannot resolve {req.host}")
+            return
+        if self.proto.factory.is_self(addresses, req.port, self.proto.local):
+            self._error(400, f"{req.authority} is this proxy: refusing to loop")
+            return
+        address = addresses[0]
+        cls = TCP6ClientEndpoint if ":" in address else TCP4ClientEndpoint
+        endpoint = cls(self.clock, address, req.port, timeout=self.proto.factory.config.timeouts.connect)
+        self.upstream_address = f"[{address}]:{req.port}" if ":" in address else f"{address}:{req.port}"
+        d = endpoint.connect(_TunnelFactory())
+        self._waiting = d
+        d.addCallbacks(self._connected, self._connect_failed)
+
+    def _timeout(self) -> None:
+        if self._waiting is not None:
+            d, self._waiting = self._waiting, None
+            d.cancel()
+        self._error(504, f"timed out connecting to {self.request.authority}")
+
+    def _connect_failed(self, f: Failure) -> None:
+        self._waiting = None
+        if self.done:
+            return
+        if f.check(ierror.TimeoutError, ierror.ConnectingCancelledError):
+            self._error(504, f"timed out connecting to {self.request.authority}")
+        elif f.check(ierror.ConnectionRefusedError):
+            self._error(502, f"connection to {self.request.authority} refused")
+        else:
+            self._error(502, f"cannot connect to {self.request.authority}: {f.getErrorMessage()}")
+
+    def _error(self, status: int, message: str) -> None:
+        self.upstream_address = ""
+        self.answer(Response.text(status, f"fwproxy: {message}"), close=True)
+
+    def _connected(self, upstream: TunnelUpstream) -> None:
+        self._waiting = None
+        if self.done:
+            upstream.transport.loseConnection()  # type: ignore[union-attr]
+            return
+        if self.timer is not None:
+            self.timer.cancel()
+        self.status = 200
+        self.bytes_out += len(ESTABLISHED)
+        self.proto.transport.write(ESTABLISHED)
+        idle = self.proto.factory.config.timeouts.tunnel_idle
+        self.tunnel = self.proto.start_tunnel(self, upstream, idle)
+
+    def tunnel_closed(self) -> None:
+        self.request_done = True
+        self.finish(False)
+
+    def client_lost(self) -> None:
+        if self.tunnel is not None:
+            self.tunnel.client_lost()
+        else:
+            self.result = TCP_TUNNEL_ABORTED if self.status == 0 else self.result
+            super().client_lost()
+
+    def cleanup(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        if self._waiting is not None:
+            d, self._waiting = self._waiting, None
+            d.cancel()

@@ -1,0 +1,171 @@
+# -*- test-case-name: tests.test_relay -*-
+"""The proxy's connections to origin servers, and the pool that keeps them alive between requests.
+
+An :class:`UpstreamProtocol` only moves bytes: it feeds what arrives to a
+:class:`fwproxy.http1.ResponseReader` and hands the events to its current *handler* (the relay
+transaction using it). :class:`UpstreamPool` keeps idle connections per ``(host, port)``, at most
+``max_idle_per_host`` of them, each for at most ``idle_timeout`` seconds; it connects only to
+addresses it is given (already resolved and checked).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol as TypingProtocol
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.protocol import Factory, Protocol
+from twisted.python.failure import Failure
+
+from fwproxy.http1 import Event, ResponseReader
+
+Key = tuple[str, int]
+
+
+class Handler(TypingProtocol):
+    def upstream_events(self, events: list[Event]) -> None: ...
+    def upstream_lost(self, reason: Failure) -> None: ...
+
+
+class UpstreamProtocol(Protocol):
+    """One connection to an origin; serves one request at a time."""
+
+    def __init__(self, pool: UpstreamPool, key: Key) -> None:
+        self.pool = pool
+        self.key = key
+        self.handler: Handler | None = None
+        self.reader: ResponseReader | None = None
+        self.connected = False
+        self.reused = False
+        self.address = ""
+        self._idle_call: Any = None
+
+    def connectionMade(self) -> None:
+        self.connected = True
+        peer = self.transport.getPeer()  # type: ignore[union-attr]
+        host = getattr(peer, "host", "")
+        self.address = f"[{host}]:{peer.port}" if ":" in host else f"{host}:{getattr(peer, 'port', 0)}"
+
+    def begin(self, handler: Handler, method: bytes) -> None:
+        """Start a request/response exchange for ``handler``."""
+        self.handler = handler
+        self.reader = ResponseReader(method)
+
+    def dataReceived(self, data: bytes) -> None:
+        handler = self.handler
+        if handler is None or self.reader is None:
+            # bytes from an idle connection: it can't be trusted for the next request
+            self.transport.loseConnection()  # type: ignore[union-attr]
+            return
+        events = self.reader.feed(data)
+        if events:
+            handler.upstream_events(events)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.connected = False
+        if self._idle_call is not None and self._idle_call.active():
+            self._idle_call.cancel()
+        self._idle_call = None
+        self.pool._lost(self)
+        handler, self.handler = self.handler, None
+        if handler is not None and self.reader is not None:
+            events = self.reader.eof()
+            if events:
+                handler.upstream_events(events)
+            handler.upstream_lost(reason)
+
+    @property
+    def reusable(self) -> bool:
+        r = self.reader
+        return self.connected and r is not None and r.done and not r.extra
+
+
+class _UpstreamFactory(Factory):
+    noisy = False
+
+    def __init__(self, pool: UpstreamPool, key: Key) -> None:
+        self.pool = pool
+        self.key = key
+
+    def buildProtocol(self, addr: Any) -> UpstreamProtocol:
+        return UpstreamProtocol(self.pool, self.key)
+
+
+class UpstreamPool:
+    """Idle keep-alive connections to origins, keyed by ``(host, port)``."""
+
+    def __init__(self, reactor: Any, max_idle_per_host: int = 16, idle_timeout: float = 30.0) -> None:
+        self._reactor = reactor
+        self.max_idle_per_host = max_idle_per_host
+        self.idle_timeout = idle_timeout
+        self._idle: dict[Key, list[UpstreamProtocol]] = {}
+
+    def idle_count(self, key: Key | None = None) -> int:
+        if key is not None:
+            return len(self._idle.get(key, ()))
+        return sum(len(v) for v in self._idle.values())
+
+    def take_idle(self, key: Key, addresses: list[str]) -> UpstreamProtocol | None:
+        """An idle connection to ``key`` whose peer is one of ``addresses``, most recent first."""
+        conns = self._idle.get(key)
+        if not conns:
+            return None
+        for i in range(len(conns) - 1, -1, -1):
+            conn = conns[i]
+            if conn.address.rpartition(":")[0].strip("[]") in addresses:
+                del conns[i]
+                if not conns:
+                    del self._idle[key]
+                if conn._idle_call is not None and conn._idle_call.active():
+                    conn._idle_call.cancel()
+                conn._idle_call = None
+                conn.reused = True
+                return conn
+        return None
+
+    def connect(self, key: Key, address: str, timeout: float) -> Deferred[UpstreamProtocol]:
+        """A new connection to ``address`` (an IP literal), port ``key[1]``."""
+        cls = TCP6ClientEndpoint if ":" in address else TCP4ClientEndpoint
+        endpoint = cls(self._reactor, address, key[1], timeout=timeout)
+        return endpoint.connect(_UpstreamFactory(self, key))
+
+    def acquire(self, key: Key, addresses: list[str], timeout: float) -> Deferred[UpstreamProtocol]:
+        conn = self.take_idle(key, addresses)
+        if conn is not None:
+            return succeed(conn)
+        return self.connect(key, addresses[0], timeout)
+
+    def release(self, conn: UpstreamProtocol) -> None:
+        """Done with ``conn``: keep it idle if it is reusable and there is room, else close it."""
+        conn.handler = None
+        if not conn.reusable or self.max_idle_per_host == 0:
+            self._close(conn)
+            return
+        conns = self._idle.setdefault(conn.key, [])
+        if len(conns) >= self.max_idle_per_host:
+            self._close(conns.pop(0))
+        conns.append(conn)
+        conn._idle_call = self._reactor.callLater(self.idle_timeout, self._expire, conn)
+
+    def _expire(self, conn: UpstreamProtocol) -> None:
+        conn._idle_call = None
+        self._close(conn)
+
+    @staticmethod
+    def _close(conn: UpstreamProtocol) -> None:
+        conn.handler = None
+        if conn.transport is not None:
+            conn.transport.loseConnection()
+
+    def _lost(self, conn: UpstreamProtocol) -> None:
+        conns = self._idle.get(conn.key)
+        if conns and conn in conns:
+            conns.remove(conn)
+            if not conns:
+                del self._idle[conn.key]
+
+    def close_all(self) -> None:
+        for conns in list(self._idle.values()):
+            for conn in list(conns):
+                self._close(conn)
+        self._idle.clear()
