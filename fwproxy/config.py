@@ -117,6 +117,12 @@ class _Problems:
 
     def line_of(self, key: str) -> int | None:
         """Best effort: the line defining dotted ``key`` (tomllib gives no positions)."""
+        m = re.match(r"^([A-Za-z_]+)\[(\d+)\]", key)
+        if m:  # the N-th [[name]] entry
+            pat = re.compile(r"^\s*\[\[\s*" + re.escape(m.group(1)) + r"\s*\]\]")
+            hits = [i + 1 for i, line in enumerate(self.lines) if pat.match(line)]
+            n = int(m.group(2))
+            return hits[n] if n < len(hits) else None
         parts = key.split(".")
         for n in range(len(parts) - 1, 0, -1):
             table = ".".join(parts[:n])
@@ -132,7 +138,7 @@ class _Problems:
                         if kpat.match(self.lines[j]):
                             return j + 1
                     return i + 1
-        kpat = re.compile(r"^\s*\[?" + re.escape(parts[0]) + r"[\s\].=]")
+        kpat = re.compile(r"^\s*\[*" + re.escape(parts[0]) + r"[\s\].=]")
         for i, line in enumerate(self.lines):
             if kpat.match(line):
                 return i + 1
@@ -334,7 +340,7 @@ def _check_filters(config: Config, p: _Problems) -> None:
                 k, _, rest = msg.partition(": ")
                 p.add(k if rest else "filters", rest or msg)
             else:
-                p.add("filters", f"{key}: {msg}")
+                p.add(key, msg)
 
 
 def loads(text: str, source: str = DEFAULT_NAME) -> Config:

@@ -19,6 +19,7 @@ by short name, third-party factories by the ``name`` their ``twisted/plugins/`` 
 
 from __future__ import annotations
 
+from twisted.plugin import IPlugin
 from zope.interface import Attribute, Interface
 
 
@@ -40,9 +41,10 @@ class IFilterContext(Interface):
     )
 
 
-class IFilterFactory(Interface):
-    """Builds a filter from its configuration. Register one in a ``twisted/plugins/`` dropin
-    (an instance at module level) to make the filter available by ``name``."""
+class IFilterFactory(IPlugin):
+    """Builds a filter from its configuration. Put a provider of this interface at module
+    level in a ``twisted/plugins/`` dropin to make the filter available by ``name``
+    (``twisted.plugin.getPlugins`` finds it; this interface extends ``IPlugin`` for that)."""
 
     name = Attribute("The short name used in ``[[filters]] name = ...``, e.g. ``\"acme.tagger\"``.")
 

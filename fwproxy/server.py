@@ -369,11 +369,13 @@ class ProxyFactory(Factory):
                     return True
         return False
 
-    def start(self) -> None:
+    def startFactory(self) -> None:
+        """The first listening port started: start the filters (open their files)."""
         for f in self.chain.lifecycle:
             f.startFilter()  # type: ignore[attr-defined]
 
-    def stop(self) -> None:
+    def stopFactory(self) -> None:
+        """The last listening port stopped: close idle upstream connections, stop filters."""
         self.pool.close_all()
         for f in self.chain.lifecycle:
             try:

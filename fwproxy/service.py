@@ -36,7 +36,6 @@ class ProxyService(Service):
 
     def startService(self) -> None:
         super().startService()
-        self.factory.start()
         for description in self.config.listen:
             endpoint = serverFromString(self.reactor, description)
             d = endpoint.listen(self.factory)
@@ -56,7 +55,6 @@ class ProxyService(Service):
         super().stopService()
         ds = [d for d in (p.stopListening() for p in self.ports) if d is not None]
         self.ports = []
-        self.factory.stop()
         return DeferredList(ds) if ds else None
 
 
