@@ -58,6 +58,8 @@ class AclContext:
     addresses: tuple[IPAddress, ...] | None = None
     #: seconds east of UTC for ``time`` ACLs (None: the machine's local time)
     utcoffset: int | None = None
+    #: the proxy's listening ``(host, port)`` pairs, for ``to_self``
+    listening: Sequence[tuple[str, int]] = ()
 
 
 class Acl:
@@ -314,6 +316,31 @@ ACL_TYPES: dict[str, type[Acl]] = {
 }
 
 
+class SelfAcl(Acl):
+    """``to_self``: destinations that are this proxy: its listening addresses (for a listener
+    on every interface, ``0.0.0.0``/``::``, the loopback and unspecified addresses)."""
+
+    kind = "dst"
+    needs_addresses = True
+
+    def match(self, ctx: AclContext) -> bool:
+        if ctx.addresses is None:
+            raise NeedAddresses(self.name)
+        if not ctx.addresses:
+            return False
+        mine = set()
+        wildcard = False
+        for host, _ in ctx.listening:
+            ip = client_ip(host)
+            if ip is None or ip.is_unspecified:
+                wildcard = True
+            else:
+                mine.add(ip)
+        return all(
+            a in mine or (wildcard and (a.is_loopback or a.is_unspecified)) for a in ctx.addresses
+        )
+
+
 def _predefined_dst(name: str, nets: Iterable[str]) -> DstAcl:
     acl = DstAcl(name, None)
     acl.networks = tuple(ipaddress.ip_network(n) for n in nets)
@@ -330,6 +357,7 @@ def predefined() -> dict[str, Acl]:
         "to_linklocal": _predefined_dst(
             "to_linklocal", ["169.254.0.0/16", "fe80::/10", "fd00:ec2::254/128"]
         ),
+        "to_self": SelfAcl("to_self"),
         "to_private": _predefined_dst(
             "to_private",
             ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7"],
@@ -381,8 +409,26 @@ def parse_rule(text: str, acls: dict[str, Acl], where: str = "access.rules") -> 
     return Rule(words[0] == "allow", tuple(terms), " ".join(words))
 
 
+def _restricts_source(acl: Acl) -> bool:
+    if acl.kind == "src":
+        return all(n.prefixlen for n in acl.networks)  # type: ignore[attr-defined]
+    return acl.kind == "proxy_auth"
+
+
 class AccessPolicy:
     """An ordered list of rules; the first match decides, no match denies."""
+
+    def reaches_linklocal(self) -> bool:
+        """Whether an ``allow`` rule comes before any rule that denies ``to_linklocal``
+        unconditionally (and does not itself exclude ``!to_linklocal``): a client could then
+        reach the cloud metadata service."""
+        for r in self.rules:
+            names = [(acl.name, neg) for acl, neg in r.terms]
+            if not r.allow and names == [("to_linklocal", False)]:
+                return False
+            if r.allow and ("to_linklocal", True) not in names:
+                return True
+        return False
 
     def __init__(self, rules: Sequence[Rule]) -> None:
         self.rules = tuple(rules)
@@ -404,12 +450,13 @@ class AccessPolicy:
 
     def open_rules(self) -> list[Rule]:
         """``allow`` rules that admit clients from any source: no ``src`` or ``proxy_auth`` ACL
-        among their non-negated terms (the open-proxy mistake)."""
+        among their non-negated terms (the open-proxy mistake). A ``src`` ACL with a ``/0``
+        network (squid's old ``acl all src 0.0.0.0/0``) restricts nothing and does not count."""
         return [
             r
             for r in self.rules
             if r.allow
             and not any(
-                not neg and acl.kind in ("src", "proxy_auth") for acl, neg in r.terms
+                not neg and _restricts_source(acl) for acl, neg in r.terms
             )
         ]

@@ -36,7 +36,8 @@ class Timeouts:
     byte of a request to the end of its head (slowloris); ``client_idle``: a keep-alive client
     connection with no request; ``upstream_first_byte``: from the request sent to the first
     byte of the response; ``read``: no byte either way in the middle of a relayed transaction;
-    ``tunnel_idle``: no byte either way in a CONNECT tunnel."""
+    ``tunnel_idle``: no byte either way in a CONNECT tunnel; ``drain``: on SIGTERM, how long
+    transactions in flight may take to finish before they are cut."""
 
     connect: float = 10.0
     request_header: float = 30.0
@@ -44,16 +45,26 @@ class Timeouts:
     upstream_first_byte: float = 60.0
     read: float = 900.0
     tunnel_idle: float = 900.0
+    drain: float = 25.0
 
 
 @dataclass(frozen=True)
 class Limits:
     """``max_header_size``: bytes in a request head (431 over it); ``max_headers``: fields
-    in a request head (431); ``max_target``: bytes in a request target (414)."""
+    in a request head (431); ``max_target``: bytes in a request target (414);
+    ``max_body_size``: bytes in a request body (413; 0: no limit); ``max_connections``: client
+    connections at once (503 beyond; 0: derived from the file-descriptor limit);
+    ``max_connections_per_client``: from one client address (0: no limit);
+    ``max_upstream_per_host``: connections to one origin ``host:port``, busy or idle (further
+    requests wait for one; 0: no limit)."""
 
     max_header_size: int = 65536
     max_headers: int = 200
     max_target: int = 65536
+    max_body_size: int = 0
+    max_connections: int = 0
+    max_connections_per_client: int = 0
+    max_upstream_per_host: int = 0
 
 
 @dataclass(frozen=True)
@@ -216,26 +227,21 @@ def parse(data: Mapping[str, Any], source: str = DEFAULT_NAME, text: str = "") -
                     p.add("proxy.listen", f"{s!r} is not a valid endpoint: {err}")
             kwargs["listen"] = tuple(listen)
 
-    for key, cls, check in (
-        ("timeouts", Timeouts, _number),
-        ("limits", Limits, _integer),
-        ("pool", PoolConfig, None),
-    ):
+    for key, cls in (("timeouts", Timeouts), ("limits", Limits), ("pool", PoolConfig)):
         table = _table(p, data, key)
-        names = list(cls.__dataclass_fields__)  # type: ignore[attr-defined]
-        _unknown(p, key, table, names)
+        fields = cls.__dataclass_fields__  # type: ignore[attr-defined]
+        _unknown(p, key, table, list(fields))
         values = {}
-        for name in names:
-            if name in table:
-                fn = check
-                if fn is None:
-                    fn = _integer if name == "max_idle_per_host" else _number
-                if fn is _integer and name == "max_idle_per_host":
-                    v = _integer(p, f"{key}.{name}", table[name], 0)
-                else:
-                    v = fn(p, f"{key}.{name}", table[name])  # type: ignore[operator]
-                if v is not None:
-                    values[name] = v
+        for name, f in fields.items():
+            if name not in table:
+                continue
+            if isinstance(f.default, int):  # counts and sizes: whole numbers, 0 = no limit
+                low = 1 if name in ("max_header_size", "max_headers", "max_target") else 0
+                v = _integer(p, f"{key}.{name}", table[name], low)
+            else:
+                v = _number(p, f"{key}.{name}", table[name])
+            if v is not None:
+                values[name] = v
         kwargs[key] = cls(**values)
 
     acls: dict[str, Acl] = predefined()
@@ -279,6 +285,11 @@ def parse(data: Mapping[str, Any], source: str = DEFAULT_NAME, text: str = "") -
         "(no src or proxy_auth ACL in it): this makes an open proxy"
         for r in policy.open_rules()
     ]
+    if policy.reaches_linklocal():
+        warnings.append(
+            f"{source}: access.rules: clients can reach link-local destinations (the cloud "
+            "metadata service 169.254.169.254): put \"deny to_linklocal\" before the allow rules"
+        )
     kwargs["warnings"] = tuple(warnings)
 
     headers = _table(p, data, "headers")

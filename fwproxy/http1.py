@@ -119,11 +119,20 @@ def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
     return None
 
 
-def _is_chunked(headers: list[tuple[bytes, bytes]]) -> bool:
+def _codings(headers: list[tuple[bytes, bytes]]) -> list[bytes] | None:
+    """The transfer codings, lower-cased, in order; None without Transfer-Encoding."""
+    codings = None
     for k, v in headers:
         if len(k) == 17 and k.lower() == b"transfer-encoding":
-            return True  # llhttp has already refused anything but a final "chunked"
-    return False
+            codings = (codings or []) + [c.strip().lower() for c in v.split(b",")]
+    return codings
+
+
+def _is_chunked(headers: list[tuple[bytes, bytes]]) -> bool:
+    # RFC 9112 §6.3: only a final "chunked" frames the body; a response with another final
+    # coding is delimited by the connection closing
+    codings = _codings(headers)
+    return bool(codings) and codings[-1] == b"chunked"  # type: ignore[index]
 
 
 class RequestReader:
@@ -142,12 +151,16 @@ class RequestReader:
         self._size = 0
         self._in_head = False
         self._dead = False
+        self._progress = False  # a head callback fired during this feed
+        self._stalled = 0  # head bytes fed since the last head callback (httptools buffers them)
+        self._priming = False
         #: True between the first byte of a request and the end of its head
         self.head_started = False
 
     # -- httptools callbacks: trivial on purpose (an exception here loses its offset) ------
     def on_message_begin(self) -> None:
         self._in_head = True
+        self._progress = True
         self.head_started = True
         self._url = []
         self._headers = []
@@ -156,16 +169,18 @@ class RequestReader:
     def on_url(self, url: bytes) -> None:
         self._url.append(url)
         self._size += len(url)
+        self._progress = True
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._in_head:
             self._headers.append((name, value))
             self._size += len(name) + len(value) + 4
+            self._progress = True
 
     def on_headers_complete(self) -> None:
         self._in_head = False
         self.head_started = False
-        if self._dead:
+        if self._dead or self._priming:
             return
         p = self._parser
         target = b"".join(self._url)
@@ -178,7 +193,16 @@ class RequestReader:
             self._fail(ProtocolError(505, f"HTTP/{version} is not supported; use HTTP/1.1"))
             return
         headers = self._headers
-        chunked = _is_chunked(headers)
+        codings = _codings(headers)
+        if codings is not None and codings != [b"chunked"]:
+            # refuse before the head is announced (llhttp refuses a non-final "chunked" only
+            # after it); a coding we would strip while relaying the body is not ours to drop
+            if codings[-1] != b"chunked":
+                self._fail(ProtocolError(400, "Transfer-Encoding must end with chunked"))
+            else:
+                self._fail(ProtocolError(501, "transfer codings other than chunked"))
+            return
+        chunked = codings is not None
         self._events.append(
             (
                 HEAD,
@@ -222,6 +246,7 @@ class RequestReader:
         if self._dead:
             return []
         events = self._events = []
+        self._progress = False
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
@@ -234,6 +259,22 @@ class RequestReader:
             # An Upgrade request (we never upgrade; the header is hop-by-hop): carry on with a
             # fresh parser, the message itself is complete.
             self._parser = httptools.HttpRequestParser(self)
+            last = heads[-1] if heads else None
+            if last is not None and last.has_body and events and events[-1][0] == END:
+                # httptools makes llhttp skip the body of an Upgrade request: that END is
+                # early, and the body must not be read as the next request. Prime the fresh
+                # parser with a head that frames the same body.
+                events.pop()
+                framing = (
+                    b"Transfer-Encoding: chunked"
+                    if last.chunked
+                    else b"Content-Length: %d" % last.content_length  # type: ignore[attr-defined]
+                )
+                self._priming = True
+                try:
+                    self._parser.feed_data(b"POST / HTTP/1.1\r\n" + framing + b"\r\n\r\n")
+                finally:
+                    self._priming = False
             rest = data[offset:]
             if rest:
                 more = self.feed(rest)
@@ -243,13 +284,17 @@ class RequestReader:
         except httptools.HttpParserError as e:
             if not self._dead:
                 msg = str(e) or type(e).__name__
-                status = 505 if "version" in msg.lower() else 400
+                # "Invalid HTTP version" is unsupported; "Expected CRLF after version" malformed
+                low = msg.lower()
+                status = 505 if low.startswith("invalid") and "version" in low else 400
                 if isinstance(e, httptools.HttpParserInvalidMethodError):
                     status = 400
                 self._fail(ProtocolError(status, f"malformed request: {msg}"))
             return events
-        if self._in_head and not self._dead and self._size > self.max_head_size:
-            self._fail(ProtocolError(431, "request header block too large"))
+        if self._in_head and not self._dead:
+            self._stalled = 0 if self._progress else self._stalled + len(data)
+            if self._size + self._stalled > self.max_head_size:
+                self._fail(ProtocolError(431, "request header block too large"))
         return events
 
 
@@ -274,6 +319,8 @@ class ResponseReader:
         self.extra = False
         self.started = False
         self._dead = False
+        self._progress = False  # as in RequestReader: bound what httptools buffers in a head
+        self._stalled = 0
 
     # -- httptools callbacks -----------------------------------------------------------------
     def on_message_begin(self) -> None:
@@ -282,6 +329,7 @@ class ResponseReader:
             return
         self.started = True
         self._in_head = True
+        self._progress = True
         self._headers = []
         self._reason = []
         self._size = 0
@@ -289,11 +337,13 @@ class ResponseReader:
     def on_status(self, reason: bytes) -> None:
         self._reason.append(reason)
         self._size += len(reason)
+        self._progress = True
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._in_head and not self.done:
             self._headers.append((name, value))
             self._size += len(name) + len(value) + 4
+            self._progress = True
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -364,15 +414,21 @@ class ResponseReader:
         if self._head_only:
             self._feed_head_only(data)
             return events
+        self._progress = False
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._fail(ProtocolError(502, "upstream switched protocols unasked"))
+            if not self._dead:  # on_headers_complete has already reported the 101
+                self._fail(ProtocolError(502, "upstream switched protocols unasked"))
         except httptools.HttpParserError as e:
-            if not self._dead:
+            if self.done:  # bytes after the response: not this response's error
+                self.extra = True
+            elif not self._dead:
                 self._fail(ProtocolError(502, f"malformed upstream response: {e}"))
-        if self._in_head and not self._dead and self._size > self.max_head_size:
-            self._fail(ProtocolError(502, "upstream response head too large"))
+        if self._in_head and not self._dead and not self.done:
+            self._stalled = 0 if self._progress else self._stalled + len(data)
+            if self._size + self._stalled > self.max_head_size:
+                self._fail(ProtocolError(502, "upstream response head too large"))
         return events
 
     def _feed_head_only(self, data: bytes) -> None:
@@ -429,6 +485,14 @@ def end_to_end(fields: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
         drop = HOP_BY_HOP | tokens
         return [(k, v) for k, v in fields if k.lower() not in drop]
     return [(k, v) for k, v in fields if k.lower() not in HOP_BY_HOP]
+
+
+def proxy_credentials(fields: Iterable[tuple[bytes, bytes]]) -> bytes | None:
+    """The first ``Proxy-Authorization`` value, or None."""
+    for k, v in fields:
+        if len(k) == 19 and k.lower() == b"proxy-authorization":
+            return v
+    return None
 
 
 def _fields(fields: Iterable[tuple[bytes, bytes]]) -> bytes:

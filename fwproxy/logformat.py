@@ -20,14 +20,18 @@ from collections.abc import Callable
 
 from fwproxy.record import TransactionRecord
 
-_CONTROL = re.compile(r"[\x00-\x20\x7f-\x9f\"\\]")
-_QUOTED = re.compile(r"[\x00-\x1f\x7f-\x9f\"\\]")
+# U+2028/U+2029 too: str.splitlines() (and JavaScript) end lines there
+_CONTROL = re.compile(r"[\x00-\x20\x7f-\x9f\u2028\u2029\"\\]")
+_QUOTED = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\"\\]")
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
 def _esc(m: re.Match[str]) -> str:
     c = m.group()
-    return "\\" + c if c in '"\\' else f"\\x{ord(c):02x}"
+    if c in '"\\':
+        return "\\" + c
+    o = ord(c)
+    return f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}"
 
 
 def field(value: str) -> str:

@@ -110,12 +110,14 @@ class Request:
     the client's ``(host, port)`` as the transport reports it (a PROXY-protocol transport reports
     the original client). ``user`` is the authenticated user name, or ``""``. ``addresses`` is
     ``None`` until the destination is resolved, then the list of IP address strings the proxy
-    may connect to: a filter that narrows it narrows where the proxy connects.
+    may connect to: a filter that narrows it narrows where the proxy connects. ``credentials``
+    is the client's ``Proxy-Authorization`` value (hop-by-hop: it is removed from ``headers``
+    and never sent upstream).
     """
 
     __slots__ = (
         "method", "url", "scheme", "host", "port", "path", "version", "headers", "client",
-        "user", "addresses", "notes",
+        "user", "addresses", "notes", "credentials",
     )
 
     def __init__(
@@ -144,6 +146,8 @@ class Request:
         self.addresses: list[str] | None = None
         #: free-form per-transaction storage for filters (e.g. to pass data to a later hook)
         self.notes: dict[str, Any] = {}
+        #: the client's ``Proxy-Authorization`` value (never forwarded upstream), or None
+        self.credentials: bytes | None = None
 
     @property
     def authority(self) -> str:

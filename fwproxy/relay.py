@@ -109,6 +109,11 @@ class RelayTransaction(Transaction):
             head.version,
             self.proto.client,
         )
+        request.credentials = http1.proxy_credentials(head.headers)
+        limit = self.proto.factory.config.limits.max_body_size
+        if limit and head.content_length is not None and head.content_length > limit:
+            self.answer(Response.text(413, f"fwproxy: request body over {limit} bytes"), close=True)
+            return
         hooks = self.proto.factory.chain.request
         if not hooks:
             self._filtered(None)
@@ -241,6 +246,11 @@ class RelayTransaction(Transaction):
         if kind == BODY:
             self.bytes_in += len(payload)
             self.timer.touch()  # type: ignore[union-attr]
+            limit = self.proto.factory.config.limits.max_body_size
+            if limit and self.bytes_in - self.head.size > limit:
+                self._drop_upstream()
+                self.client_error(ProtocolError(413, f"request body over {limit} bytes"))
+                return
             if self.head.chunked:
                 transport.writeSequence(http1.chunk(payload))
             else:

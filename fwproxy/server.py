@@ -93,10 +93,15 @@ class ProxyProtocol(Protocol):
             t.setTcpNoDelay(True)  # type: ignore[union-attr]
         except (AttributeError, OSError):
             pass
+        refusal = self.factory.admit(self)
+        if refusal is not None:
+            self._closing = True
+            t.write(refusal)
+            t.loseConnection()
+            return
         self.timer = Deadline(
             self.factory.reactor, self.factory.config.timeouts.request_header, self._idle_timeout
         )
-        self.factory.connections.add(self)
         hooks = self.factory.chain.connection
         if hooks:
             self._check_connection(hooks)
@@ -208,7 +213,7 @@ class ProxyProtocol(Protocol):
         self.current = None
         if txn.logged:
             self.factory.observe(txn)
-        if not keep_alive or self._raw or self.tunnel is not None:
+        if not keep_alive or self._raw or self.tunnel is not None or self.factory.draining:
             self._close()
             return
         self._idle_mode = True
@@ -282,9 +287,14 @@ class ProxyProtocol(Protocol):
     def writeConnectionLost(self) -> None:
         pass
 
+    def drain(self) -> None:
+        """The proxy is shutting down: close now if idle, else after the current transaction."""
+        if self.current is None and self.tunnel is None and not self.queue:
+            self._close()
+
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self._closing = True
-        self.factory.connections.discard(self)
+        self.factory.forget(self)
         if self.timer is not None:
             self.timer.cancel()
         self.queue.clear()
@@ -336,8 +346,113 @@ class ProxyFactory(Factory):
         self.chain = FilterChain(filters)
         self.pool = UpstreamPool(reactor, config.pool.max_idle_per_host, config.pool.idle_timeout)
         self.connections: set[ProxyProtocol] = set()
+        self._per_client: dict[str, int] = {}
+        self.max_connections = config.limits.max_connections or fd_budget()
+        self.refused = 0
+        self._refusal_logged = -1e9
+        self.draining = False
+        self._stop_when_idle = False
+        self._drained: Deferred[None] | None = None
         #: (host, port) of every listening port, for forwarding-loop detection
         self.listening: list[tuple[str, int]] = self.context.listening
+
+    # -- admission -------------------------------------------------------------------------
+    def admit(self, proto: ProxyProtocol) -> bytes | None:
+        """Count ``proto`` in, or return the bytes to send before closing it (503)."""
+        limits = self.config.limits
+        host = proto.client[0]
+        per_client = limits.max_connections_per_client
+        if len(self.connections) >= self.max_connections:
+            why = "too many connections"
+        elif per_client and self._per_client.get(host, 0) >= per_client:
+            why = "too many connections from your address"
+        else:
+            self.connections.add(proto)
+            self._per_client[host] = self._per_client.get(host, 0) + 1
+            return None
+        self.refused += 1
+        now = self.reactor.seconds()
+        if now - self._refusal_logged > 10:
+            self._refusal_logged = now
+            log.warn(
+                "fwproxy: refusing connections ({why}; {n} refused so far, limit {limit})",
+                why=why, n=self.refused, limit=self.max_connections,
+            )
+        body = f"fwproxy: {why}\n".encode()
+        return (
+            b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body
+        )
+
+    def forget(self, proto: ProxyProtocol) -> None:
+        if proto in self.connections:
+            self.connections.discard(proto)
+            host = proto.client[0]
+            n = self._per_client.get(host, 1) - 1
+            if n > 0:
+                self._per_client[host] = n
+            else:
+                self._per_client.pop(host, None)
+            if not self.connections:
+                if self._stop_when_idle:
+                    self._stop_filters()
+                if self._drained is not None:
+                    d, self._drained = self._drained, None
+                    d.callback(None)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def drain(self, timeout: float) -> Deferred[None]:
+        """Stop taking new requests; fire when every connection has closed, or after
+        ``timeout`` seconds, when the connections still open are cut (and logged)."""
+        self.draining = True
+        for proto in list(self.connections):
+            proto.drain()
+        d: Deferred[None] = Deferred()
+        if not self.connections:
+            d.callback(None)
+            return d
+        self._drained = d
+        call = self.reactor.callLater(timeout, self._cut)
+        d.addBoth(lambda r: (call.active() and call.cancel(), r)[1])
+        return d
+
+    def _cut(self) -> None:
+        protos = list(self.connections)
+        tunnels = sum(1 for p in protos if p.tunnel is not None)
+        log.warn(
+            "fwproxy: drain timeout: cutting {n} connection(s) still busy ({t} tunnel(s))",
+            n=len(protos), t=tunnels,
+        )
+        for proto in protos:
+            if proto.transport is not None:
+                proto.transport.abortConnection()  # type: ignore[attr-defined]
+        if self._drained is not None:
+            d, self._drained = self._drained, None
+            d.callback(None)
+
+    def reconfigure(self, config: Config) -> None:
+        """Use ``config`` for new transactions; those in flight finish as they started.
+
+        :raise Exception: building the new filters failed; the old configuration stays.
+        """
+        context = FilterContext(self.reactor, config, self.resolver)
+        context.listening = self.listening
+        new_chain = FilterChain(build_filters(config, context))
+        running = self.numPorts > 0
+        if running:
+            for f in new_chain.lifecycle:
+                f.startFilter()  # type: ignore[attr-defined]
+        old, self.chain = self.chain, new_chain
+        self.config, self.context = config, context
+        self.max_connections = config.limits.max_connections or fd_budget()
+        self.pool.max_idle_per_host = config.pool.max_idle_per_host
+        self.pool.idle_timeout = config.pool.idle_timeout
+        if running:
+            for f in old.lifecycle:
+                try:
+                    f.stopFilter()  # type: ignore[attr-defined]
+                except Exception:
+                    log.failure("fwproxy: stopping filter {f!r}", f=f)
 
     def buildProtocol(self, addr: Any) -> ProxyProtocol:
         p = ProxyProtocol(self)
@@ -375,8 +490,16 @@ class ProxyFactory(Factory):
             f.startFilter()  # type: ignore[attr-defined]
 
     def stopFactory(self) -> None:
-        """The last listening port stopped: close idle upstream connections, stop filters."""
+        """The last listening port stopped: close idle upstream connections, and stop the
+        filters once the connections still open have ended (their transactions are logged)."""
         self.pool.close_all()
+        if self.connections:
+            self._stop_when_idle = True
+            return
+        self._stop_filters()
+
+    def _stop_filters(self) -> None:
+        self._stop_when_idle = False
         for f in self.chain.lifecycle:
             try:
                 f.stopFilter()  # type: ignore[attr-defined]
@@ -386,6 +509,19 @@ class ProxyFactory(Factory):
     def reopen_logs(self) -> None:
         for f in self.chain.lifecycle:
             f.reopen()  # type: ignore[attr-defined]
+
+
+def fd_budget() -> int:
+    """Client connections the file-descriptor limit allows: each may need an upstream too."""
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, ValueError, OSError):
+        return 1024
+    if soft == resource.RLIM_INFINITY:
+        return 100_000
+    return max(16, (soft - 64) // 2)
 
 
 def _ip(a: str) -> Any:

@@ -4,27 +4,45 @@
 ``makeService(config)`` is what ``twistd fwproxy`` runs and what an embedding application adds
 to its own service hierarchy. Listening happens in ``startService``; a port that cannot be
 bound raises there, so ``twistd`` fails at start-up instead of running without a listener.
+
+Stopping (SIGTERM under twistd) drains: the ports stop accepting, idle connections close, and
+transactions in flight get up to ``timeouts.drain`` seconds to finish before they are cut. With
+``signals=True`` (as under twistd), SIGHUP re-reads the configuration through ``reload`` (an
+invalid one is logged and the running one kept) and SIGUSR1 re-opens the log files.
 """
 
 from __future__ import annotations
 
+import signal
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
-from fwproxy.config import Config
+from fwproxy.config import Config, ConfigError
 from fwproxy.server import ProxyFactory
 
 log = Logger()
 
 
 class ProxyService(Service):
-    """Listens on every ``config.listen`` endpoint with one shared :class:`ProxyFactory`."""
+    """Listens on every ``config.listen`` endpoint with one shared :class:`ProxyFactory`.
 
-    def __init__(self, config: Config, reactor: Any = None, factory: ProxyFactory | None = None) -> None:
+    :param reload: returns a fresh :class:`Config` (for SIGHUP and :meth:`reload`).
+    :param signals: install the SIGHUP and SIGUSR1 handlers.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        reactor: Any = None,
+        factory: ProxyFactory | None = None,
+        reload: Callable[[], Config] | None = None,
+        signals: bool = False,
+    ) -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor
 
@@ -33,6 +51,9 @@ class ProxyService(Service):
         self.reactor = reactor
         self.factory = factory if factory is not None else ProxyFactory(config, reactor)
         self.ports: list[Any] = []
+        self._reload = reload
+        self._signals = signals
+        self._previous: dict[int, Any] = {}
 
     def startService(self) -> None:
         super().startService()
@@ -43,6 +64,11 @@ class ProxyService(Service):
             d.addCallbacks(self._listening, failure.append)
             if failure:  # bind errors are synchronous for TCP: fail start-up loudly
                 failure[0].raiseException()
+        if self._signals:
+            for signum, action in ((signal.SIGHUP, self.reload), (signal.SIGUSR1, self.reopen)):
+                self._previous[signum] = signal.signal(
+                    signum, lambda *_, a=action: self.reactor.callFromThread(a)
+                )
 
     def _listening(self, port: Any) -> None:
         self.ports.append(port)
@@ -51,13 +77,58 @@ class ProxyService(Service):
         self.factory.listening.append((host, portno))
         log.info("fwproxy listening on {host}:{port}", host=host, port=portno)
 
-    def stopService(self) -> Deferred[Any] | None:
+    def reload(self) -> bool:
+        """Re-read the configuration; keep the running one if the new one is invalid."""
+        if self._reload is None:
+            log.warn("fwproxy: reload requested, but no configuration source to reload from")
+            return False
+        try:
+            config = self._reload()
+            self.factory.reconfigure(config)
+        except ConfigError as e:
+            log.error(
+                "fwproxy: new configuration rejected, keeping the running one:\n{problems}",
+                problems="\n".join(e.problems),
+            )
+            return False
+        except Exception:
+            log.failure("fwproxy: new configuration rejected, keeping the running one")
+            return False
+        if tuple(config.listen) != tuple(self.config.listen):
+            log.warn("fwproxy: [proxy] listen changed: it takes effect on restart")
+        for w in config.warnings:
+            log.warn("warning: {w}", w=w)
+        log.info("fwproxy: configuration reloaded from {source}", source=config.source)
+        return True
+
+    def reopen(self) -> None:
+        """Re-open log files (after logrotate moved them)."""
+        self.factory.reopen_logs()
+        log.info("fwproxy: log files re-opened")
+
+    def stopService(self) -> Deferred[Any]:
         super().stopService()
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+        self._previous.clear()
+        return ensureDeferred(self._stop())
+
+    async def _stop(self) -> None:
         ds = [d for d in (p.stopListening() for p in self.ports) if d is not None]
         self.ports = []
-        return DeferredList(ds) if ds else None
+        if ds:
+            await DeferredList(ds)
+        busy = len(self.factory.connections)
+        if busy:
+            log.info("fwproxy: draining {n} connection(s)", n=busy)
+        await self.factory.drain(self.config.timeouts.drain)
 
 
-def makeService(config: Config, reactor: Any = None) -> ProxyService:
+def makeService(
+    config: Config,
+    reactor: Any = None,
+    reload: Callable[[], Config] | None = None,
+    signals: bool = False,
+) -> ProxyService:
     """An ``IService`` running a proxy with ``config``; add it to your ``Application``."""
-    return ProxyService(config, reactor)
+    return ProxyService(config, reactor, reload=reload, signals=signals)

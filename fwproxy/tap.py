@@ -55,4 +55,10 @@ class Options(usage.Options):
 
 def makeService(options: Any) -> IService:
     config: Config = options["config_object"]
-    return _makeService(config)
+    path, listen = options["config"], list(options["listen"])
+
+    def reload() -> Config:
+        new = load(path)
+        return new.with_listen(listen) if listen else new
+
+    return _makeService(config, reload=reload, signals=True)

@@ -184,6 +184,7 @@ class ConnectTransaction(Transaction):
             head.version,
             self.proto.client,
         )
+        request.credentials = http1.proxy_credentials(head.headers)
         hooks = self.proto.factory.chain.connect
         try:
             result = chain.run(hooks, request) if hooks else None

@@ -34,6 +34,7 @@ class AclFilter:
         self.policy = policy
         self._clock = context.reactor
         self._resolver = context.resolver
+        self._listening = context.listening
 
     def _context(self, request: Request, addresses: tuple = None) -> AclContext:  # type: ignore[assignment]
         return AclContext(
@@ -45,6 +46,7 @@ class AclFilter:
             user=request.user,
             now=self._clock.seconds(),
             addresses=addresses,
+            listening=self._listening,
         )
 
     def requestReceived(self, request: Request) -> Response | None | Deferred:

@@ -78,6 +78,8 @@ class HeaderPolicy:
                     raise ValueError(f"{where}.{key}: {n!r} is not a valid header name")
                 if not isinstance(val, str) or any(c in val for c in "\r\n\0"):
                     raise ValueError(f"{where}.{key}.{n}: value must be a one-line string")
+                if any(ord(c) > 0xFF for c in val):
+                    raise ValueError(f"{where}.{key}.{n}: value must be Latin-1 text")
                 out.append((n.encode("latin-1"), val.encode("latin-1")))
             return tuple(out)
 
@@ -95,7 +97,9 @@ class HeaderPolicy:
 
 
 def _token_ok(name: str) -> bool:
-    return bool(name) and all(c.isalnum() or c in "!#$%&'*+-.^_`|~" for c in name)
+    # str.isalnum() is true for "é" and "名": a token is ASCII (RFC 9110 §5.6.2)
+    ok = name.isascii() and all(c.isalnum() or c in "!#$%&'*+-.^_`|~" for c in name)
+    return bool(name) and ok
 
 
 def forwarded_for(policy: str, existing: list[bytes], client: str) -> bytes | None:
