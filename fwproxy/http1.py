@@ -408,7 +408,7 @@ class ResponseReader:
         if self._dead:
             return []
         if self.done:
-            self.extra = True
+            self.extra = self.extra or bool(data)
             return []
         events = self._events = []
         if self._head_only:

@@ -172,12 +172,33 @@ class RelayTransaction(Transaction):
                 Response.text(400, f"fwproxy: {req.authority} is this proxy. {USAGE}"), close=True
             )
             return
+        self._acquire()
+
+    def _acquire(self) -> None:
+        req = self.request
         pool = self.proto.factory.pool
-        conn = pool.take_idle((req.host, req.port), addresses)
+        key = (req.host, req.port)
+        conn = pool.take_idle(key, req.addresses)
         if conn is not None:
             self._connected(conn)
+        elif pool.at_limit(key):
+            d = pool.wait(key, req.addresses)
+            self._waiting = d
+            d.addCallback(self._handed).addErrback(lambda f: f.trap(CancelledError))
+        else:
+            self._connect(req.addresses[0])
+
+    def _handed(self, conn: UpstreamProtocol | None) -> None:
+        """Waited for a connection to the origin: got one, or room for a new one."""
+        self._waiting = None
+        if self.done:
+            if conn is not None:
+                conn.pool.release(conn)
             return
-        self._connect(addresses[0])
+        if conn is not None:
+            self._connected(conn)
+        else:
+            self._acquire()
 
     def _connect(self, address: str) -> None:
         req = self.request

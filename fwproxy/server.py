@@ -344,7 +344,12 @@ class ProxyFactory(Factory):
         if filters is None:
             filters = build_filters(config, self.context)
         self.chain = FilterChain(filters)
-        self.pool = UpstreamPool(reactor, config.pool.max_idle_per_host, config.pool.idle_timeout)
+        self.pool = UpstreamPool(
+            reactor,
+            config.pool.max_idle_per_host,
+            config.pool.idle_timeout,
+            config.limits.max_upstream_per_host,
+        )
         self.connections: set[ProxyProtocol] = set()
         self._per_client: dict[str, int] = {}
         self.max_connections = config.limits.max_connections or fd_budget()
@@ -447,6 +452,7 @@ class ProxyFactory(Factory):
         self.max_connections = config.limits.max_connections or fd_budget()
         self.pool.max_idle_per_host = config.pool.max_idle_per_host
         self.pool.idle_timeout = config.pool.idle_timeout
+        self.pool.max_per_host = config.limits.max_upstream_per_host
         if running:
             for f in old.lifecycle:
                 try:

@@ -94,11 +94,22 @@ class _UpstreamFactory(Factory):
 class UpstreamPool:
     """Idle keep-alive connections to origins, keyed by ``(host, port)``."""
 
-    def __init__(self, reactor: Any, max_idle_per_host: int = 16, idle_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        max_idle_per_host: int = 16,
+        idle_timeout: float = 30.0,
+        max_per_host: int = 0,
+    ) -> None:
         self._reactor = reactor
         self.max_idle_per_host = max_idle_per_host
         self.idle_timeout = idle_timeout
         self._idle: dict[Key, list[UpstreamProtocol]] = {}
+        #: connections per key, connecting, busy or idle (for ``max_per_host``)
+        self._open: dict[Key, int] = {}
+        self._waiters: dict[Key, list[tuple[Deferred[UpstreamProtocol | None], list[str]]]] = {}
+        #: at most this many connections per key (0: no limit); further requests wait
+        self.max_per_host = max_per_host
 
     def idle_count(self, key: Key | None = None) -> int:
         if key is not None:
@@ -123,11 +134,61 @@ class UpstreamPool:
                 return conn
         return None
 
+    def open_count(self, key: Key) -> int:
+        return self._open.get(key, 0)
+
+    def at_limit(self, key: Key) -> bool:
+        return bool(self.max_per_host) and self._open.get(key, 0) >= self.max_per_host
+
+    def wait(self, key: Key, addresses: list[str]) -> Deferred[UpstreamProtocol | None]:
+        """Wait for a connection to ``key`` to be released (fires with it) or closed (fires
+        with None: there is room for a new one). Cancel the Deferred to stop waiting."""
+
+        def cancel(d: Deferred[Any]) -> None:
+            waiters = self._waiters.get(key, [])
+            for i, (w, _) in enumerate(waiters):
+                if w is d:
+                    del waiters[i]
+                    break
+
+        d: Deferred[UpstreamProtocol | None] = Deferred(cancel)
+        self._waiters.setdefault(key, []).append((d, addresses))
+        return d
+
+    def _wake(self, key: Key, conn: UpstreamProtocol | None) -> bool:
+        waiters = self._waiters.get(key)
+        if not waiters:
+            return False
+        d, addresses = waiters.pop(0)
+        if not waiters:
+            del self._waiters[key]
+        if conn is not None and conn.address.rpartition(":")[0].strip("[]") not in addresses:
+            self._close(conn)
+            conn = None
+        if conn is not None:
+            conn.reused = True
+        d.callback(conn)
+        return True
+
     def connect(self, key: Key, address: str, timeout: float) -> Deferred[UpstreamProtocol]:
         """A new connection to ``address`` (an IP literal), port ``key[1]``."""
         cls = TCP6ClientEndpoint if ":" in address else TCP4ClientEndpoint
         endpoint = cls(self._reactor, address, key[1], timeout=timeout)
-        return endpoint.connect(_UpstreamFactory(self, key))
+        self._open[key] = self._open.get(key, 0) + 1
+
+        def failed(f: Any) -> Any:
+            self._closed(key)
+            return f
+
+        return endpoint.connect(_UpstreamFactory(self, key)).addErrback(failed)
+
+    def _closed(self, key: Key) -> None:
+        n = self._open.get(key, 1) - 1
+        if n > 0:
+            self._open[key] = n
+        else:
+            self._open.pop(key, None)
+        self._wake(key, None)
 
     def acquire(self, key: Key, addresses: list[str], timeout: float) -> Deferred[UpstreamProtocol]:
         conn = self.take_idle(key, addresses)
@@ -138,7 +199,12 @@ class UpstreamPool:
     def release(self, conn: UpstreamProtocol) -> None:
         """Done with ``conn``: keep it idle if it is reusable and there is room, else close it."""
         conn.handler = None
-        if not conn.reusable or self.max_idle_per_host == 0:
+        if not conn.reusable:
+            self._close(conn)
+            return
+        if self._wake(conn.key, conn):
+            return
+        if self.max_idle_per_host == 0:
             self._close(conn)
             return
         conns = self._idle.setdefault(conn.key, [])
@@ -158,6 +224,7 @@ class UpstreamPool:
             conn.transport.loseConnection()
 
     def _lost(self, conn: UpstreamProtocol) -> None:
+        self._closed(conn.key)
         conns = self._idle.get(conn.key)
         if conns and conn in conns:
             conns.remove(conn)
