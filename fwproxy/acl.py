@@ -32,6 +32,10 @@ class NeedAddresses(Exception):
     """A rule needs the destination's resolved addresses, which the context does not have."""
 
 
+class NeedCredentials(Exception):
+    """A rule needs the authenticated user, and authentication has not been tried yet."""
+
+
 def client_ip(host: str) -> IPAddress | None:
     """Parse a transport's host string; IPv4-mapped IPv6 addresses become IPv4."""
     try:
@@ -58,6 +62,8 @@ class AclContext:
     addresses: tuple[IPAddress, ...] | None = None
     #: seconds east of UTC for ``time`` ACLs (None: the machine's local time)
     utcoffset: int | None = None
+    #: authentication has not been tried yet: a ``proxy_auth`` ACL raises NeedCredentials
+    auth_pending: bool = False
     #: the proxy's listening ``(host, port)`` pairs, for ``to_self``
     listening: Sequence[tuple[str, int]] = ()
 
@@ -304,6 +310,8 @@ class ProxyAuthAcl(Acl):
         self.users = frozenset(u for u in users if u != "REQUIRED")
 
     def match(self, ctx: AclContext) -> bool:
+        if ctx.auth_pending:
+            raise NeedCredentials(self.name)
         return bool(ctx.user) and (self.any_user or ctx.user in self.users)
 
 

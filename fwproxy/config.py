@@ -9,6 +9,7 @@ wrong. Nothing reads configuration anywhere else: the proxy is built from this o
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -76,6 +77,20 @@ class PoolConfig:
 
 
 @dataclass(frozen=True)
+class AuthConfig:
+    """``[auth]``: ``htpasswd`` (bcrypt or {SHA} entries; re-read when it changes), the
+    ``realm`` in the 407 challenge, ``cache_ttl`` seconds a verified login is remembered,
+    ``max_failures`` failed attempts per client address within ``failure_window`` seconds
+    before further attempts get 429 (0: no limit)."""
+
+    htpasswd: str | None = None
+    realm: str = "fwproxy"
+    cache_ttl: float = 300.0
+    max_failures: int = 10
+    failure_window: float = 60.0
+
+
+@dataclass(frozen=True)
 class FilterSpec:
     """One ``[[filters]]`` entry: a filter's name and its options table."""
 
@@ -96,6 +111,7 @@ class Config:
     headers: Mapping[str, Any] = field(default_factory=lambda: {"forwarded_for": "delete"})
     log: Mapping[str, Any] = field(default_factory=lambda: {"access": "-", "format": "squid"})
     filters: tuple[FilterSpec, ...] = ()
+    auth: AuthConfig | None = None
     source: str = DEFAULT_NAME
     warnings: tuple[str, ...] = ()
 
@@ -117,7 +133,9 @@ class Config:
         return self.builtin_filters + self.filters
 
 
-_SECTIONS = ("proxy", "timeouts", "limits", "pool", "acl", "access", "headers", "log", "filters")
+_SECTIONS = (
+    "proxy", "timeouts", "limits", "pool", "auth", "acl", "access", "headers", "log", "filters",
+)
 
 
 class _Problems:
@@ -165,6 +183,9 @@ def _number(p: _Problems, key: str, value: object, minimum: float = 0) -> float 
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         p.add(key, f"expected a number, got {value!r}")
         return None
+    if value != value or value == float("inf"):  # TOML has nan and inf; timers need neither
+        p.add(key, f"expected a finite number, got {value!r}")
+        return None
     if value <= minimum:
         p.add(key, f"must be greater than {minimum:g}, got {value!r}")
         return None
@@ -200,9 +221,13 @@ def _validate_endpoint(description: str) -> str | None:
     from twisted.internet.testing import MemoryReactor
 
     try:
-        serverFromString(MemoryReactor(), description)
+        endpoint = serverFromString(MemoryReactor(), description)
     except Exception as e:  # noqa: BLE001 - Twisted raises several types for bad strings
         return str(e) or type(e).__name__
+    endpoint = getattr(endpoint, "_wrappedEndpoint", endpoint)  # haproxy:tcp:...
+    port = getattr(endpoint, "_port", None)  # TCP endpoints; Twisted checks it only at listen()
+    if isinstance(port, int) and not 0 <= port <= 65535:
+        return f"port {port} is out of range (0-65535)"
     return None
 
 
@@ -292,6 +317,12 @@ def parse(data: Mapping[str, Any], source: str = DEFAULT_NAME, text: str = "") -
         )
     kwargs["warnings"] = tuple(warnings)
 
+    if "auth" in data:
+        kwargs["auth"] = _auth(p, _table(p, data, "auth"), source)
+    if "auth" not in kwargs and any(a.kind == "proxy_auth" for a in acls.values()):
+        name = next(a.name for a in acls.values() if a.kind == "proxy_auth")
+        p.add(f"acl.{name}", "a proxy_auth ACL needs an [auth] section (htpasswd = \"PATH\")")
+
     headers = _table(p, data, "headers")
     try:
         HeaderPolicy.from_options(headers)
@@ -330,6 +361,40 @@ def parse(data: Mapping[str, Any], source: str = DEFAULT_NAME, text: str = "") -
     if p.items:
         raise ConfigError(p.items)
     return config
+
+
+def _auth(p: _Problems, table: Mapping[str, Any], source: str) -> AuthConfig | None:
+    fields = AuthConfig.__dataclass_fields__
+    _unknown(p, "auth", table, list(fields))
+    values: dict[str, Any] = {}
+    for key in ("htpasswd", "realm"):
+        if key in table:
+            v = table[key]
+            if not isinstance(v, str) or not v or any(c in v for c in "\r\n\0"):
+                p.add(f"auth.{key}", "expected a non-empty one-line string")
+            else:
+                values[key] = v
+    for key in ("cache_ttl", "failure_window"):
+        if key in table:
+            n = _number(p, f"auth.{key}", table[key])
+            if n is not None:
+                values[key] = n
+    if "max_failures" in table:
+        n = _integer(p, "auth.max_failures", table["max_failures"], 0)
+        if n is not None:
+            values["max_failures"] = n
+    if "htpasswd" in values:
+        from fwproxy.auth import HtpasswdError, HtpasswdChecker
+
+        path = values["htpasswd"]
+        if not os.path.isabs(path) and source != DEFAULT_NAME:
+            path = os.path.join(os.path.dirname(os.path.abspath(source)), path)
+        values["htpasswd"] = path
+        try:
+            HtpasswdChecker(path)
+        except HtpasswdError as e:
+            p.add("auth.htpasswd", str(e))
+    return AuthConfig(**values)
 
 
 def _check_filters(config: Config, p: _Problems) -> None:

@@ -39,6 +39,10 @@ class IFilterContext(Interface):
     listening = Attribute(
         "A list of (host, port) the proxy listens on; filled in when listening starts."
     )
+    authenticator = Attribute(
+        "An fwproxy.auth.Authenticator turning Proxy-Authorization values into user names "
+        "(through a twisted.cred Portal), or None when no authentication is configured."
+    )
 
 
 class IFilterFactory(IPlugin):

@@ -29,6 +29,8 @@ class FilterContext:
         self.config = config
         self.resolver = resolver
         self.listening: list[tuple[str, int]] = []
+        #: checks Proxy-Authorization for proxy_auth ACLs (fwproxy.auth.Authenticator) or None
+        self.authenticator: Any = None
 
 
 class _CallableFactory:

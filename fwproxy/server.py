@@ -27,7 +27,8 @@ from zope.interface import implementer
 
 from fwproxy import chain as _chain
 from fwproxy.chain import FilterChain
-from fwproxy.config import Config
+from fwproxy.auth import Authenticator, HtpasswdChecker, make_portal
+from fwproxy.config import AuthConfig, Config
 from fwproxy.http1 import END, ERROR, HEAD, REST, ProtocolError, RequestHead, RequestReader
 from fwproxy.message import Response
 from fwproxy.plugins import FilterContext, find_factory
@@ -325,6 +326,8 @@ class ProxyFactory(Factory):
         ``MemoryReactorClock``.
     :param filters: the filters to run instead of building them from ``config``.
     :param resolver: an :class:`fwproxy.interfaces.IResolver` (default: the reactor's).
+    :param portal: a ``twisted.cred`` Portal checking ``IUsernamePassword`` credentials for
+        ``proxy_auth`` ACLs (default: one over ``[auth] htpasswd``).
     """
 
     protocol = ProxyProtocol  # type: ignore[assignment]
@@ -336,11 +339,13 @@ class ProxyFactory(Factory):
         reactor: Any,
         filters: list[object] | None = None,
         resolver: Any = None,
+        portal: Any = None,
     ) -> None:
         self.config = config
         self.reactor = reactor
         self.resolver = resolver if resolver is not None else ReactorResolver(reactor)
-        self.context = FilterContext(reactor, config, self.resolver)
+        self.portal = portal
+        self.context = self._make_context(config)
         if filters is None:
             filters = build_filters(config, self.context)
         self.chain = FilterChain(filters)
@@ -440,7 +445,7 @@ class ProxyFactory(Factory):
 
         :raise Exception: building the new filters failed; the old configuration stays.
         """
-        context = FilterContext(self.reactor, config, self.resolver)
+        context = self._make_context(config)
         context.listening = self.listening
         new_chain = FilterChain(build_filters(config, context))
         running = self.numPorts > 0
@@ -459,6 +464,21 @@ class ProxyFactory(Factory):
                     f.stopFilter()  # type: ignore[attr-defined]
                 except Exception:
                     log.failure("fwproxy: stopping filter {f!r}", f=f)
+
+    def _make_context(self, config: Config) -> FilterContext:
+        context = FilterContext(self.reactor, config, self.resolver)
+        auth = config.auth
+        portal = self.portal
+        if portal is None and auth is not None and auth.htpasswd:
+            portal = make_portal([HtpasswdChecker(auth.htpasswd, self.reactor)])
+        if portal is not None:
+            a = auth if auth is not None else AuthConfig()
+            context.authenticator = Authenticator(
+                portal, self.reactor, a.realm, a.cache_ttl, a.max_failures, a.failure_window
+            )
+        elif auth is not None:
+            raise ValueError("[auth] has no htpasswd and no portal was given to ProxyFactory")
+        return context
 
     def buildProtocol(self, addr: Any) -> ProxyProtocol:
         p = ProxyProtocol(self)

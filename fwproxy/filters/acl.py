@@ -13,13 +13,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred
 from zope.interface import implementer, provider
 
-from fwproxy.acl import AccessPolicy, AclContext, NeedAddresses, client_ip
+from fwproxy.acl import AccessPolicy, AclContext, NeedAddresses, NeedCredentials, client_ip
+from fwproxy.auth import RATE_LIMITED
 from fwproxy.interfaces import IConnectFilter, IFilterContext, IFilterFactory, IRequestFilter
 from fwproxy.message import Request, Response
 from fwproxy.record import TCP_DENIED
+
+
+_AUTH_TRIED = "fwproxy.auth_tried"
 
 
 def denied(request: Request) -> Response:
@@ -28,13 +32,20 @@ def denied(request: Request) -> Response:
 
 @implementer(IRequestFilter, IConnectFilter)
 class AclFilter:
-    """Allows or denies each request by the first matching rule of an :class:`AccessPolicy`."""
+    """Allows or denies each request by the first matching rule of an :class:`AccessPolicy`.
+
+    Like the destination's addresses, the user is found only when a rule needs it: when a
+    ``proxy_auth`` ACL is reached, the request's ``Proxy-Authorization`` is checked through the
+    context's authenticator (:class:`fwproxy.auth.Authenticator`) and the rules are evaluated
+    again with the user. Denied without a valid user: ``407`` with a ``Basic`` challenge.
+    """
 
     def __init__(self, policy: AccessPolicy, context: Any) -> None:
         self.policy = policy
         self._clock = context.reactor
         self._resolver = context.resolver
         self._listening = context.listening
+        self._auth = getattr(context, "authenticator", None)
 
     def _context(self, request: Request, addresses: tuple = None) -> AclContext:  # type: ignore[assignment]
         return AclContext(
@@ -46,34 +57,73 @@ class AclFilter:
             user=request.user,
             now=self._clock.seconds(),
             addresses=addresses,
+            auth_pending=self._auth is not None and _AUTH_TRIED not in request.notes,
             listening=self._listening,
         )
 
     def requestReceived(self, request: Request) -> Response | None | Deferred:
         try:
-            return None if self.policy.allows(self._context(request)) else denied(request)
+            if request.addresses is None:
+                return self._verdict(request, self.policy.allows(self._context(request)))
+            return self._per_address(request, request.addresses)
+        except NeedCredentials:
+            return self._authenticate(request)
         except NeedAddresses:
             pass
-        if request.addresses is not None:
-            return self._per_address(request, request.addresses)
-        d = maybeDeferred(self._resolver.resolve, request.host)
-        d.addErrback(lambda _: [])
-        d.addCallback(lambda addrs: self._per_address(request, addrs))
-        return d
+        try:
+            addrs = self._resolver.resolve(request.host)
+        except Exception:  # noqa: BLE001 - a broken resolver is a failed lookup
+            addrs = []
+        if not isinstance(addrs, Deferred):
+            # a literal or a cached answer: stay synchronous, allocate no Deferred
+            request.addresses = list(addrs)
+            return self.requestReceived(request)
+        addrs.addErrback(lambda _: [])
+        addrs.addCallback(lambda a: self._resolved(request, a))
+        return addrs
 
     connectReceived = requestReceived
+
+    def _resolved(self, request: Request, addresses: list[str]) -> Any:
+        request.addresses = list(addresses)
+        return self.requestReceived(request)
+
+    def _authenticate(self, request: Request) -> Any:
+        result = self._auth.authenticate(request.credentials, request.client[0])  # type: ignore[union-attr]
+        if isinstance(result, Deferred):
+            return result.addCallback(lambda user: self._authenticated(request, user))
+        return self._authenticated(request, result)
+
+    def _authenticated(self, request: Request, user: Any) -> Any:
+        if user is RATE_LIMITED:
+            return Response.text(
+                429, "fwproxy: too many failed authentication attempts; try again later",
+                TCP_DENIED,
+            )
+        request.notes[_AUTH_TRIED] = True
+        if user:
+            request.user = user
+        return self.requestReceived(request)
+
+    def _verdict(self, request: Request, allowed: bool) -> Response | None:
+        if allowed:
+            return None
+        if self._auth is not None and request.notes.get(_AUTH_TRIED) and not request.user:
+            response = Response.text(
+                407, "fwproxy: proxy authentication required", TCP_DENIED
+            )
+            response.headers.add(b"Proxy-Authenticate", self._auth.challenge())
+            return response
+        return denied(request)
 
     def _per_address(self, request: Request, addresses: list[str]) -> Response | None:
         ips = [ip for ip in (client_ip(a) for a in addresses) if ip is not None]
         if not ips:
             request.addresses = []
-            ok = self.policy.allows(self._context(request, ()))
-            return None if ok else denied(request)
-        allowed = [
-            str(ip) for ip in ips if self.policy.allows(self._context(request, (ip,)))
-        ]
+            return self._verdict(request, self.policy.allows(self._context(request, ())))
+        allowed = [str(ip) for ip in ips if self.policy.allows(self._context(request, (ip,)))]
         if not allowed:
-            return denied(request)
+            return self._verdict(request, False)
         request.addresses = allowed
         return None
 
