@@ -9,6 +9,7 @@ wrong. Nothing reads configuration anywhere else: the proxy is built from this o
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -183,7 +184,7 @@ def _number(p: _Problems, key: str, value: object, minimum: float = 0) -> float 
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         p.add(key, f"expected a number, got {value!r}")
         return None
-    if value != value or value == float("inf"):  # TOML has nan and inf; timers need neither
+    if not math.isfinite(value):  # TOML has nan and inf; timers need neither
         p.add(key, f"expected a finite number, got {value!r}")
         return None
     if value <= minimum:

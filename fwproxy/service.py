@@ -24,6 +24,7 @@ from twisted.logger import Logger
 
 from fwproxy.config import Config, ConfigError
 from fwproxy.server import ProxyFactory
+from fwproxy.workers import listen_reuseport
 
 log = Logger()
 
@@ -42,6 +43,8 @@ class ProxyService(Service):
         factory: ProxyFactory | None = None,
         reload: Callable[[], Config] | None = None,
         signals: bool = False,
+        reuseport: bool = False,
+        supervisor: Any = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor
@@ -54,16 +57,25 @@ class ProxyService(Service):
         self._reload = reload
         self._signals = signals
         self._previous: dict[int, Any] = {}
+        self._reuseport = reuseport
+        #: a fwproxy.workers.Supervisor when this process has worker processes
+        self.supervisor = supervisor
+        self.worker_id = "0"
 
     def startService(self) -> None:
         super().startService()
         for description in self.config.listen:
+            if self._reuseport:
+                self._listening(listen_reuseport(self.reactor, description, self.factory))
+                continue
             endpoint = serverFromString(self.reactor, description)
             d = endpoint.listen(self.factory)
             failure: list[Any] = []
             d.addCallbacks(self._listening, failure.append)
             if failure:  # bind errors are synchronous for TCP: fail start-up loudly
                 failure[0].raiseException()
+        if self.supervisor is not None:
+            self.supervisor.start()
         if self._signals:
             for signum, action in ((signal.SIGHUP, self.reload), (signal.SIGUSR1, self.reopen)):
                 self._previous[signum] = signal.signal(
@@ -78,7 +90,10 @@ class ProxyService(Service):
         log.info("fwproxy listening on {host}:{port}", host=host, port=portno)
 
     def reload(self) -> bool:
-        """Re-read the configuration; keep the running one if the new one is invalid."""
+        """Re-read the configuration; keep the running one if the new one is invalid.
+        Worker processes are told to reload too."""
+        if self.supervisor is not None:
+            self.supervisor.signal(signal.SIGHUP)
         if self._reload is None:
             log.warn("fwproxy: reload requested, but no configuration source to reload from")
             return False
@@ -102,7 +117,9 @@ class ProxyService(Service):
         return True
 
     def reopen(self) -> None:
-        """Re-open log files (after logrotate moved them)."""
+        """Re-open log files (after logrotate moved them), in the workers too."""
+        if self.supervisor is not None:
+            self.supervisor.signal(signal.SIGUSR1)
         self.factory.reopen_logs()
         log.info("fwproxy: log files re-opened")
 
@@ -114,6 +131,7 @@ class ProxyService(Service):
         return ensureDeferred(self._stop())
 
     async def _stop(self) -> None:
+        workers = self.supervisor.stop() if self.supervisor is not None else None
         ds = [d for d in (p.stopListening() for p in self.ports) if d is not None]
         self.ports = []
         if ds:
@@ -122,6 +140,8 @@ class ProxyService(Service):
         if busy:
             log.info("fwproxy: draining {n} connection(s)", n=busy)
         await self.factory.drain(self.config.timeouts.drain)
+        if workers is not None:
+            await workers
 
 
 def makeService(
@@ -129,6 +149,10 @@ def makeService(
     reactor: Any = None,
     reload: Callable[[], Config] | None = None,
     signals: bool = False,
+    reuseport: bool = False,
+    supervisor: Any = None,
 ) -> ProxyService:
     """An ``IService`` running a proxy with ``config``; add it to your ``Application``."""
-    return ProxyService(config, reactor, reload=reload, signals=signals)
+    return ProxyService(
+        config, reactor, reload=reload, signals=signals, reuseport=reuseport, supervisor=supervisor
+    )
