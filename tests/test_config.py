@@ -1,0 +1,551 @@
+"""Tests for :mod:`fwproxy.config` and ``fwproxy check-config`` (:mod:`fwproxy.cli`)."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from fwproxy.acl import AccessPolicy, AclContext, client_ip
+from fwproxy.cli import main
+from fwproxy.config import DEFAULT_NAME, Config, ConfigError, default_text, load, loads
+
+MAIN = Path(__file__).resolve().parent.parent
+ETC = MAIN / "etc" / "fwproxy.toml"
+REFERENCE = MAIN.parent / "shared" / "conformance" / "fwproxy-reference.toml"
+
+# The seed squid.conf's http_access lines translated literally (its open-proxy mistake kept).
+SEED_LITERAL = """\
+[proxy]
+listen = ["tcp:3128"]
+
+[acl.localhost]
+src = ["127.0.0.1/32", "::1/128"]
+
+[acl.allowed_ips]
+src = ["203.0.113.7/32"]
+
+[acl.safe_ports]
+port = ["1-65535"]
+
+[acl.ssl_ports]
+port = [443]
+
+[acl.connect]
+method = ["CONNECT"]
+
+[access]
+rules = [
+  "allow localhost",
+  "allow allowed_ips",
+  "allow safe_ports",
+  "allow connect ssl_ports",
+  "deny all",
+]
+"""
+
+
+def ctx(client: str, method: str = "GET", port: int = 80, addr: str = "93.184.216.34"):
+    return AclContext(
+        client=client_ip(client),
+        method=method,
+        host="example.com",
+        port=port,
+        url="http://example.com/",
+        addresses=(client_ip(addr),),  # type: ignore[arg-type]
+    )
+
+
+def problems(text: str, source: str = "t.toml") -> list[str]:
+    with pytest.raises(ConfigError) as e:
+        loads(text, source)
+    assert str(e.value) == "\n".join(e.value.problems)
+    return e.value.problems
+
+
+def open_warnings(config: Config) -> list[str]:
+    return [w for w in config.warnings if "open proxy" in w]
+
+
+# -- good configurations ---------------------------------------------------------------------
+
+
+def test_embedded_default_loads_and_is_safe():
+    config = load()
+    assert config.source == DEFAULT_NAME
+    assert config.listen == ("tcp:3128:interface=127.0.0.1",)
+    assert config.warnings == ()
+    p = config.access
+    assert p.allows(ctx("127.0.0.1"))
+    assert p.allows(ctx("::1"))
+    assert not p.allows(ctx("192.0.2.1"))
+    assert not p.allows(ctx("127.0.0.1", addr="169.254.169.254"))
+    assert not p.allows(ctx("127.0.0.1", "CONNECT", 22))
+    assert p.allows(ctx("127.0.0.1", "CONNECT", 443))
+    assert config.headers == {"forwarded_for": "delete", "via": False}
+    assert config.log == {"access": "-", "format": "squid"}
+    assert [f.name for f in config.all_filters] == ["acl", "headers", "accesslog"]
+
+
+def test_default_text_is_what_load_reads():
+    assert "[access]" in default_text()
+    texts = [r.text for r in loads(default_text()).access.rules]
+    assert texts == [r.text for r in load().access.rules]
+    assert texts[-1] == "deny all"
+
+
+def test_etc_config_loads_without_warnings():
+    config = load(str(ETC))
+    assert config.source == str(ETC)
+    assert config.listen == ("tcp:3128",)
+    assert config.warnings == ()
+    assert config.timeouts.connect == 10.0
+    p = config.access
+    assert p.allows(ctx("203.0.113.7"))
+    assert p.allows(ctx("::ffff:203.0.113.7"))
+    assert not p.allows(ctx("198.51.100.1"))  # the seed's open-proxy mistake is fixed
+    assert not p.allows(ctx("203.0.113.7", addr="169.254.169.254"))
+    assert not p.allows(ctx("203.0.113.7", addr="127.0.0.1"))
+    assert not p.allows(ctx("203.0.113.7", "CONNECT", 8443))
+
+
+@pytest.mark.skipif(not REFERENCE.exists(), reason="no shared conformance reference config")
+def test_reference_config_loads():
+    config = load(str(REFERENCE))
+    assert open_warnings(config) == []
+    assert config.listen == ("tcp:13130:interface=127.0.0.1",)
+    assert config.timeouts.upstream_first_byte == 5.0
+    p = config.access
+    assert p.allows(ctx("127.0.0.1"))
+    assert not p.allows(ctx("127.0.0.1", addr="127.0.0.3"))
+    assert p.allows(ctx("127.0.0.1", "CONNECT", 18443))
+    assert not p.allows(ctx("10.0.0.1"))
+
+
+def test_config_values_are_typed():
+    config = loads(
+        "[timeouts]\nconnect = 3\nread = 1.5\n[limits]\nmax_headers = 50\n"
+        "[pool]\nmax_idle_per_host = 0\nidle_timeout = 2\n"
+    )
+    assert config.timeouts.connect == 3.0 and isinstance(config.timeouts.connect, float)
+    assert config.timeouts.read == 1.5
+    assert config.limits.max_headers == 50
+    assert config.pool.max_idle_per_host == 0
+    assert config.pool.idle_timeout == 2.0
+    assert isinstance(config.access, AccessPolicy)
+
+
+def test_no_access_table_denies_everything():
+    config = loads("")
+    assert [r.text for r in config.access.rules] == ["deny all"]
+    assert not config.access.allows(ctx("127.0.0.1"))
+
+
+def test_config_is_immutable():
+    config = loads("")
+    with pytest.raises(AttributeError):
+        config.listen = ("tcp:1",)  # type: ignore[misc]
+    other = config.with_listen(["tcp:8080"])
+    assert other.listen == ("tcp:8080",) and config.listen != other.listen
+
+
+def test_filters_entries():
+    config = loads(
+        '[[filters]]\nname = "headers"\noptions = {via = true}\n\n[[filters]]\nname = "accesslog"\n'
+    )
+    assert [(f.name, dict(f.options)) for f in config.filters] == [
+        ("headers", {"via": True}),
+        ("accesslog", {}),
+    ]
+    assert [f.name for f in config.all_filters] == [
+        "acl",
+        "headers",
+        "accesslog",
+        "headers",
+        "accesslog",
+    ]
+
+
+# -- errors: one line each, naming file:line, key and problem --------------------------------
+
+ERRORS = [
+    pytest.param("[bogus]\nx = 1\n", 1, "bogus", "unknown key", id="unknown-section"),
+    pytest.param(
+        "[timeouts]\nconnect = 1\nfoo = 2\n", 3, "timeouts.foo", "unknown key", id="unknown-key"
+    ),
+    pytest.param("[proxy]\nport = 3128\n", 2, "proxy.port", "unknown key", id="unknown-proxy-key"),
+    pytest.param("[access]\nrule = []\n", 2, "access.rule", "unknown key", id="unknown-access-key"),
+    pytest.param(
+        '# c\n\n[acl.lan]\nsrc = ["10.0.0.0/33"]\n',
+        4,
+        "acl.lan.src",
+        "'10.0.0.0/33' is not an IP address or CIDR network",
+        id="bad-cidr",
+    ),
+    pytest.param(
+        '[acl]\nlan = {src = ["nope"]}\n', 2, "acl.lan.src", "'nope' is not an IP", id="inline-acl"
+    ),
+    pytest.param(
+        '[acl.r]\nurl_regex = ["("]\n',
+        2,
+        "acl.r.url_regex",
+        "bad regular expression '('",
+        id="bad-regex",
+    ),
+    pytest.param(
+        '[acl.r]\ndstdom_regex = ["a**"]\n',
+        2,
+        "acl.r.dstdom_regex",
+        "bad regular expression",
+        id="bad-domain-regex",
+    ),
+    pytest.param(
+        "[acl.p]\nport = [70000]\n", 2, "acl.p.port", "'70000' is out of range", id="port-range"
+    ),
+    pytest.param("[acl.p]\nport = [0]\n", 2, "acl.p.port", "'0' is out of range", id="port-zero"),
+    pytest.param(
+        '[acl.p]\nport = ["http"]\n', 2, "acl.p.port", "is not a port or range", id="port-name"
+    ),
+    pytest.param('[acl.t]\ntime = ["X 09:00"]\n', 2, "acl.t.time", "is not like", id="bad-time"),
+    pytest.param('[acl.t]\nfoo = ["x"]\n', 1, "acl.t", "unknown type 'foo'", id="unknown-acl-type"),
+    pytest.param(
+        '[acl.t]\nsrc = ["10.0.0.0/8"]\nport = [80]\n',
+        1,
+        "acl.t",
+        "expected exactly one type",
+        id="two-types",
+    ),
+    pytest.param(
+        '[acl.all]\nsrc = ["10.0.0.0/8"]\n', 1, "acl.all", "predefined", id="redefine-predefined"
+    ),
+    pytest.param(
+        '[access]\nrules = [\n  "allow nope",\n]\n',
+        2,
+        "access.rules",
+        "'allow nope' uses ACL 'nope', which is not defined",
+        id="undefined-acl",
+    ),
+    pytest.param(
+        '[access]\nrules = ["permit all"]\n',
+        2,
+        "access.rules",
+        'must start with "allow" or "deny"',
+        id="bad-action",
+    ),
+    pytest.param(
+        '[access]\nrules = ["allow"]\n', 2, "access.rules", "names no ACL", id="rule-without-acl"
+    ),
+    pytest.param(
+        '[access]\nrules = "allow all"\n',
+        2,
+        "access.rules",
+        "expected a list of strings",
+        id="rules-not-a-list",
+    ),
+    pytest.param(
+        '[headers]\nforwarded_for = "maybe"\n',
+        2,
+        "headers.forwarded_for",
+        "'maybe' is not one of on, off, transparent, truncate, delete",
+        id="bad-forwarded-for",
+    ),
+    pytest.param(
+        '[headers]\nvia = "yes"\n', 2, "headers.via", "expected true or false", id="bad-via"
+    ),
+    pytest.param(
+        '[headers]\nset_request = {X-A = "\u20ac"}\n',
+        2,
+        "headers.set_request.X-A",
+        "Latin-1",
+        id="header-value-not-latin1",
+    ),
+    pytest.param(
+        '[headers]\nremove_request = ["Caf\u00e9"]\n',
+        2,
+        "headers.remove_request",
+        "expected a list of header names",
+        id="header-name-not-ascii",
+    ),
+    pytest.param(
+        '[timeouts]\nconnect = "ten"\n',
+        2,
+        "timeouts.connect",
+        "expected a number, got 'ten'",
+        id="timeout-type",
+    ),
+    pytest.param(
+        "[timeouts]\nread = -1\n", 2, "timeouts.read", "must be greater than 0", id="negative"
+    ),
+    pytest.param(
+        "[timeouts]\nread = 0\n", 2, "timeouts.read", "must be greater than 0", id="zero-timeout"
+    ),
+    pytest.param(
+        "[timeouts]\nread = true\n", 2, "timeouts.read", "expected a number", id="bool-timeout"
+    ),
+    pytest.param("[timeouts]\nconnect = nan\n", 2, "timeouts.connect", "finite", id="nan-timeout"),
+    pytest.param("[timeouts]\nconnect = inf\n", 2, "timeouts.connect", "finite", id="inf-timeout"),
+    pytest.param(
+        "[limits]\nmax_headers = 1.5\n",
+        2,
+        "limits.max_headers",
+        "expected a whole number",
+        id="limit-float",
+    ),
+    pytest.param(
+        "[limits]\nmax_headers = 0\n", 2, "limits.max_headers", "at least 1", id="limit-zero"
+    ),
+    pytest.param(
+        "[pool]\nmax_idle_per_host = -1\n",
+        2,
+        "pool.max_idle_per_host",
+        "at least 0",
+        id="pool-negative",
+    ),
+    pytest.param(
+        '[proxy]\nlisten = ["bogus:1"]\n',
+        2,
+        "proxy.listen",
+        "'bogus:1' is not a valid endpoint",
+        id="listen-unknown-type",
+    ),
+    pytest.param(
+        '[proxy]\nlisten = ["tcp:notaport"]\n',
+        2,
+        "proxy.listen",
+        "'tcp:notaport' is not a valid endpoint",
+        id="listen-bad-port",
+    ),
+    pytest.param(
+        '[proxy]\nlisten = ["tcp:99999"]\n',
+        2,
+        "proxy.listen",
+        "out of range",
+        id="listen-port-out-of-range",
+    ),
+    pytest.param(
+        '[proxy]\nlisten = ["tcp:3128:foo=bar"]\n',
+        2,
+        "proxy.listen",
+        "is not a valid endpoint",
+        id="listen-bad-option",
+    ),
+    pytest.param(
+        "[proxy]\nlisten = []\n", 2, "proxy.listen", "expected a non-empty list", id="listen-empty"
+    ),
+    pytest.param("proxy = 1\n", 1, "proxy", "expected a table", id="section-not-a-table"),
+    pytest.param(
+        '[log]\nformat = "xml"\n',
+        2,
+        "log.format",
+        "'xml' is not one of squid, combined, json",
+        id="log-format",
+    ),
+    pytest.param("[log]\nfoo = 1\n", 2, "log.foo", "unknown key", id="log-unknown-key"),
+    pytest.param(
+        '[log]\naccess = "/nonexistent/dir/access.log"\n',
+        2,
+        "log.access",
+        "does not exist",
+        id="log-directory",
+    ),
+    pytest.param(
+        '[log]\nformat = "squid"\n\n[[filters]]\nname = "acl"\n\n[[filters]]\nname = "nosuch"\n',
+        7,
+        "filters[1]",
+        "filter 'nosuch': not a built-in",
+        id="unknown-filter",
+    ),
+    pytest.param(
+        '[[filters]]\nname = "nosuch.module.thing"\n',
+        1,
+        "filters[0]",
+        "cannot import it",
+        id="unimportable-filter",
+    ),
+    pytest.param(
+        '[[filters]]\nname = "headers"\noptions = {forwarded_for = "x"}\n',
+        1,
+        "filters[0]",
+        "'x' is not one of",
+        id="bad-filter-options",
+    ),
+    pytest.param(
+        "[[filters]]\noptions = {}\n", 1, "filters", "needs name", id="filter-without-name"
+    ),
+]
+
+
+@pytest.mark.parametrize("text, line, key, fragment", ERRORS)
+def test_each_error_is_one_line_naming_file_line_key_and_problem(text, line, key, fragment):
+    (problem,) = problems(text)
+    assert "\n" not in problem
+    assert problem.startswith(f"t.toml:{line}: {key}: "), problem
+    assert fragment in problem
+
+
+@pytest.mark.parametrize(
+    "text, line",
+    [
+        ('[proxy]\nlisten = [\n"x"\n\nfoo = \n', 5),
+        ("a = 1\nb = \n", 2),
+        ("[proxy\n", 1),
+        ("[timeouts]\nconnect = 1\nconnect = 2\n", 3),
+    ],
+)
+def test_toml_syntax_error_names_the_line(text, line):
+    (problem,) = problems(text)
+    assert problem.startswith(f"t.toml:{line}: invalid TOML: ")
+    assert "\n" not in problem
+
+
+def test_several_problems_are_all_reported():
+    text = '[timeouts]\nconnect = -1\n[acl.a]\nsrc = ["x"]\n[headers]\nvia = 1\n'
+    found = problems(text)
+    assert len(found) == 3
+    assert [p.split(": ")[1] for p in found] == ["timeouts.connect", "acl.a.src", "headers.via"]
+
+
+def test_load_names_the_file(tmp_path):
+    path = tmp_path / "proxy.toml"
+    path.write_text('[acl.lan]\nsrc = ["10.0.0.0/33"]\n')
+    with pytest.raises(ConfigError) as e:
+        load(str(path))
+    assert e.value.problems == [
+        f"{path}:2: acl.lan.src: '10.0.0.0/33' is not an IP address or CIDR network"
+    ]
+
+
+def test_load_missing_file(tmp_path):
+    path = tmp_path / "missing.toml"
+    with pytest.raises(ConfigError) as e:
+        load(str(path))
+    (problem,) = e.value.problems
+    assert problem.startswith(f"{path}: cannot read: ")
+
+
+def test_load_not_utf8(tmp_path):
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(b"# caf\xe9\n")
+    with pytest.raises(ConfigError) as e:
+        load(str(path))
+    assert e.value.problems[0].startswith(f"{path}: not UTF-8 text")
+
+
+# -- the open-proxy warning ------------------------------------------------------------------
+
+
+def test_seed_squid_policy_translated_literally_warns_about_open_rules():
+    config = loads(SEED_LITERAL, "seed.toml")
+    assert open_warnings(config) == [
+        (
+            "seed.toml: access.rules: 'allow safe_ports' admits clients from any source address "
+            "(no src or proxy_auth ACL in it): this makes an open proxy"
+        ),
+        (
+            "seed.toml: access.rules: 'allow connect ssl_ports' admits clients from any source "
+            "address (no src or proxy_auth ACL in it): this makes an open proxy"
+        ),
+    ]
+    # and it is right: a stranger is served
+    assert config.access.allows(ctx("198.51.100.1"))
+
+
+@pytest.mark.parametrize(
+    "rules, n_open",
+    [
+        ('["allow all"]', 1),
+        ('["allow !localhost"]', 1),
+        ('["allow localhost", "deny all"]', 0),
+        ('["deny all"]', 0),
+        ('["allow everyone"]', 1),  # src 0.0.0.0/0 restricts nothing
+    ],
+)
+def test_open_proxy_warning(rules, n_open):
+    text = (
+        '[acl.localhost]\nsrc = ["127.0.0.1"]\n[acl.everyone]\nsrc = ["0.0.0.0/0"]\n'
+        f"[access]\nrules = {rules}\n"
+    )
+    assert len(open_warnings(loads(text))) == n_open
+
+
+# -- fwproxy check-config --------------------------------------------------------------------
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "fwproxy.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_cli_ok(capsys):
+    assert main(["check-config", str(ETC)]) == 0
+    out, err = capsys.readouterr()
+    n = len(load(str(ETC)).access.rules)
+    assert out == f"{ETC}: OK ({n} rules, listening on tcp:3128)\n"
+    assert err == ""
+
+
+def test_cli_default(capsys):
+    assert main(["check-config"]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith(f"{DEFAULT_NAME}: OK (")
+    assert "tcp:3128:interface=127.0.0.1" in out
+    assert err == ""
+
+
+def test_cli_errors_go_to_stderr_one_per_line(tmp_path, capsys):
+    path = write(tmp_path, '[timeouts]\nconnect = -1\n[acl.a]\nsrc = ["x"]\n')
+    assert main(["check-config", path]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    lines = err.splitlines()
+    assert len(lines) == 2
+    assert all(re.match(re.escape(path) + r":\d+: \S+: ", line) for line in lines)
+
+
+def test_cli_toml_error(tmp_path, capsys):
+    path = write(tmp_path, "[proxy\n")
+    assert main(["check-config", path]) == 1
+    _, err = capsys.readouterr()
+    assert err.startswith(f"{path}:1: invalid TOML")
+
+
+def test_cli_missing_file(tmp_path, capsys):
+    assert main(["check-config", str(tmp_path / "nope.toml")]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and "cannot read" in err
+
+
+@pytest.mark.parametrize("strict, code", [(False, 0), (True, 1)])
+def test_cli_warnings(tmp_path, capsys, strict, code):
+    path = write(tmp_path, SEED_LITERAL)
+    argv = ["check-config", path] + (["--strict"] if strict else [])
+    assert main(argv) == code
+    out, err = capsys.readouterr()
+    warnings = [line for line in err.splitlines() if "open proxy" in line]
+    assert len(warnings) == 2
+    assert all(line.startswith(f"warning: {path}: access.rules: ") for line in warnings)
+    assert ("OK" in out) is (not strict)
+
+
+def test_cli_strict_without_warnings(capsys):
+    assert main(["check-config", "--strict", str(ETC)]) == 0
+    assert "OK" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [[], ["nosuch"], ["check-config", "a", "b"]])
+def test_cli_usage_errors(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    assert "usage: fwproxy" in capsys.readouterr().err
+
+
+def test_cli_reads_relative_paths_from_the_working_directory(tmp_path, capsys, monkeypatch):
+    write(tmp_path, '[access]\nrules = ["deny all"]\n')
+    monkeypatch.chdir(tmp_path)
+    assert main(["check-config", "fwproxy.toml"]) == 0
+    assert capsys.readouterr().out.startswith("fwproxy.toml: OK (1 rules")
+    assert os.getcwd() == str(tmp_path)
