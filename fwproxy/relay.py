@@ -63,6 +63,21 @@ def parse_absolute(target: bytes) -> tuple[str, int, bytes, bytes]:
     return host.decode("ascii", "replace"), port, path, hh
 
 
+def _codings(fields: list[tuple[bytes, bytes]]) -> bytes:
+    """Transfer codings other than the final ``chunked`` (e.g. ``gzip, ``), which the relay
+    must pass on since it only re-does the chunking."""
+    codings = [
+        c.strip()
+        for k, v in fields
+        if k.lower() == b"transfer-encoding"
+        for c in v.split(b",")
+        if c.strip()
+    ]
+    if codings and codings[-1].lower() == b"chunked":
+        codings.pop()
+    return b"".join(c + b", " for c in codings)
+
+
 class RelayTransaction(Transaction):
     """One relayed request/response."""
 
@@ -383,7 +398,7 @@ class RelayTransaction(Transaction):
         if kind == "chunked" or kind == "close":
             if head.version == "1.1":
                 self._chunked_out = True
-                fields = [*fields, (b"Transfer-Encoding", b"chunked")]
+                fields = [*fields, (b"Transfer-Encoding", _codings(rh.headers) + b"chunked")]
             else:
                 keep = False
         if not keep:
@@ -460,7 +475,9 @@ class RelayTransaction(Transaction):
             return
         self._drop_upstream()
         if self.status == 0:
-            self.answer(Response.text(status, f"fwproxy: {message}"), close=not self.request_done)
+            self.answer(
+                Response.text(status, f"fwproxy: {message}", TCP_MISS), close=not self.request_done
+            )
         else:
             self.result = TCP_MISS_ABORTED
             self.abort()

@@ -82,58 +82,94 @@ class ProxyProtocol(Protocol):
         self._processing = False
         self._closing = False
         self._idle_mode = True
+        self._identified = False
+        self._held: list[bytes] | None = None
+        self._client_counted = ""
         self.timer: Any = None
 
     # -- connection ------------------------------------------------------------------------
     def connectionMade(self) -> None:
         t = self.transport
-        peer, host = t.getPeer(), t.getHost()  # type: ignore[union-attr]
-        self.client = (getattr(peer, "host", "") or "", getattr(peer, "port", 0) or 0)
-        self.local = (getattr(host, "host", "") or "", getattr(host, "port", 0) or 0)
+        self._address()
         try:
             t.setTcpNoDelay(True)  # type: ignore[union-attr]
         except (AttributeError, OSError):
             pass
         refusal = self.factory.admit(self)
         if refusal is not None:
-            self._closing = True
-            t.write(refusal)
-            t.loseConnection()
+            self._refuse(refusal)
             return
         self.timer = Deadline(
             self.factory.reactor, self.factory.config.timeouts.request_header, self._idle_timeout
         )
-        hooks = self.factory.chain.connection
-        if hooks:
-            self._check_connection(hooks)
 
-    def _check_connection(self, hooks: tuple[Any, ...]) -> None:
+    def _address(self) -> None:
+        t = self.transport
+        peer, host = t.getPeer(), t.getHost()  # type: ignore[union-attr]
+        self.client = (getattr(peer, "host", "") or "", getattr(peer, "port", 0) or 0)
+        self.local = (getattr(host, "host", "") or "", getattr(host, "port", 0) or 0)
+
+    def _refuse(self, answer: bytes) -> None:
+        self._closing = True
+        self.transport.write(answer)  # type: ignore[union-attr]
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def _identify(self) -> bool:
+        """First bytes from the client: from here its address is final (a PROXY-protocol
+        listener has parsed its header by now). Per-client limits and connection filters run
+        here. Returns whether the bytes may be read now."""
+        self._identified = True
+        self._address()
+        refusal = self.factory.admit_client(self)
+        if refusal is not None:
+            self._refuse(refusal)
+            return False
+        hooks = self.factory.chain.connection
+        if not hooks:
+            return True
+
         def decide(ok: object) -> None:
-            self.resume_reason("connection-filter")
+            held, self._held = self._held, None
             if ok is False:
                 self._close()
+                return
+            self.resume_reason("connection-filter")
+            for data in held or ():
+                self.dataReceived(data)
 
         def failed(f: Failure) -> None:
             log.failure("fwproxy: connection filter failed", f)
             self._close()
 
         try:
-            result = _chain.run([lambda *a, h=h: _bool_or_none(h(*a)) for h in hooks],
-                                self.client, self.local)
+            result = _chain.run(
+                [lambda *a, h=h: _bool_or_none(h(*a)) for h in hooks], self.client, self.local
+            )
         except Exception:
             failed(Failure())
-            return
+            return False
         if isinstance(result, Deferred):
+            self._held = []
             self.pause_reason("connection-filter")
             result.addCallbacks(decide, failed)
-        elif result is False:
+            return False
+        if result is False:
             self._close()
+            return False
+        return True
 
     def dataReceived(self, data: bytes) -> None:
         if self.tunnel is not None:
             self.tunnel.client_data(data)
             return
         if self._closing:
+            return
+        if not self._identified and not self._identify():
+            if self._held is not None:
+                self._held.append(data)
+            return
+        if self._held is not None:
+            self._held.append(data)
             return
         if self._raw:
             self.queue.append((REST, data))
@@ -368,25 +404,31 @@ class ProxyFactory(Factory):
 
     # -- admission -------------------------------------------------------------------------
     def admit(self, proto: ProxyProtocol) -> bytes | None:
-        """Count ``proto`` in, or return the bytes to send before closing it (503)."""
-        limits = self.config.limits
-        host = proto.client[0]
-        per_client = limits.max_connections_per_client
+        """Count a new connection in, or return the answer to send before closing it (503)."""
         if len(self.connections) >= self.max_connections:
-            why = "too many connections"
-        elif per_client and self._per_client.get(host, 0) >= per_client:
-            why = "too many connections from your address"
-        else:
-            self.connections.add(proto)
-            self._per_client[host] = self._per_client.get(host, 0) + 1
+            return self._refusal("too many connections")
+        self.connections.add(proto)
+        return None
+
+    def admit_client(self, proto: ProxyProtocol) -> bytes | None:
+        """Count the connection against its client's address (known once it has sent bytes)."""
+        limit = self.config.limits.max_connections_per_client
+        if not limit:
             return None
+        host = proto.client[0]
+        if self._per_client.get(host, 0) >= limit:
+            return self._refusal("too many connections from your address")
+        self._per_client[host] = self._per_client.get(host, 0) + 1
+        proto._client_counted = host
+        return None
+
+    def _refusal(self, why: str) -> bytes:
         self.refused += 1
         now = self.reactor.seconds()
         if now - self._refusal_logged > 10:
             self._refusal_logged = now
             log.warn(
-                "fwproxy: refusing connections ({why}; {n} refused so far, limit {limit})",
-                why=why, n=self.refused, limit=self.max_connections,
+                "fwproxy: refusing connections ({why}; {n} refused so far)", why=why, n=self.refused
             )
         body = f"fwproxy: {why}\n".encode()
         return (
@@ -395,14 +437,16 @@ class ProxyFactory(Factory):
         )
 
     def forget(self, proto: ProxyProtocol) -> None:
-        if proto in self.connections:
-            self.connections.discard(proto)
-            host = proto.client[0]
+        host = proto._client_counted
+        if host:
+            proto._client_counted = ""
             n = self._per_client.get(host, 1) - 1
             if n > 0:
                 self._per_client[host] = n
             else:
                 self._per_client.pop(host, None)
+        if proto in self.connections:
+            self.connections.discard(proto)
             if not self.connections:
                 if self._stop_when_idle:
                     self._stop_filters()
