@@ -422,7 +422,9 @@ class RelayTransaction(Transaction):
         self.bytes_out += len(data)
         self.timer.touch()  # type: ignore[union-attr]
         if self._chunked_out:
-            self.proto.transport.writeSequence(http1.chunk(data))
+            pieces = http1.chunk(data)
+            self.bytes_out += len(pieces[0]) + 2
+            self.proto.transport.writeSequence(pieces)
         else:
             self.proto.transport.write(data)
 

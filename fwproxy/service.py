@@ -77,7 +77,15 @@ class ProxyService(Service):
         if self.supervisor is not None:
             self.supervisor.start()
         if self._signals:
-            for signum, action in ((signal.SIGHUP, self.reload), (signal.SIGUSR1, self.reopen)):
+            handlers = (
+                (signal.SIGHUP, self.reload),
+                (signal.SIGUSR1, self.reopen),
+                # a plain stop: drain, then exit 0 (Twisted's own handler would re-raise the
+                # signal at exit, and container runtimes would see 143, not a clean exit)
+                (signal.SIGTERM, self._terminate),
+                (signal.SIGINT, self._terminate),
+            )
+            for signum, action in handlers:
                 self._previous[signum] = signal.signal(
                     signum, lambda *_, a=action: self.reactor.callFromThread(a)
                 )
@@ -88,6 +96,10 @@ class ProxyService(Service):
         host, portno = getattr(addr, "host", ""), getattr(addr, "port", 0)
         self.factory.listening.append((host, portno))
         log.info("fwproxy listening on {host}:{port}", host=host, port=portno)
+
+    def _terminate(self) -> None:
+        if self.reactor.running:
+            self.reactor.stop()
 
     def reload(self) -> bool:
         """Re-read the configuration; keep the running one if the new one is invalid.

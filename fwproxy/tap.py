@@ -31,9 +31,7 @@ class Options(usage.Options):
         self["listen"] = []
 
     def opt_listen(self, endpoint: str) -> None:
-        """A Twisted endpoint to listen on (repeatable; overrides the file's [proxy] listen),
-        e.g. tcp:3128, tcp6:3128:interface=\\:\\:1, unix:/run/fwproxy.sock, systemd:domain=INET:index=0,
-        haproxy:tcp:3128."""
+        """An endpoint to listen on, e.g. tcp:3128 (repeatable; replaces [proxy] listen)."""
         self["listen"].append(endpoint)
 
     opt_l = opt_listen
@@ -43,19 +41,20 @@ class Options(usage.Options):
         if workers == "auto":
             workers = str(os.cpu_count() or 1)
         if not workers.isdigit() or int(workers) < 1:
-            raise usage.UsageError(f"--workers: {self['workers']!r} is not a number or 'auto'")
+            raise SystemExit(f"--workers: {self['workers']!r} is not a number or 'auto'")
         self["workers"] = int(workers)
         try:
             config = self.reloader()()
         except ConfigError as e:
-            raise usage.UsageError("invalid configuration:\n" + "\n".join(e.problems)) from None
+            # one line per problem, not twistd's usage text: exit before anything listens
+            raise SystemExit("\n".join(e.problems)) from None
         if self["workers"] > 1:
             from fwproxy.workers import reuseport_supported
 
             bad = [d for d in config.listen if not reuseport_supported(d)]
             if bad:
-                raise usage.UsageError(
-                    f"--workers needs tcp: or tcp6: listeners; cannot share {', '.join(bad)}"
+                raise SystemExit(
+                    f"--workers: needs tcp: or tcp6: listeners; cannot share {', '.join(bad)}"
                 )
         for w in config.warnings:
             sys.stderr.write(f"warning: {w}\n")
