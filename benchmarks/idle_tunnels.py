@@ -45,6 +45,7 @@ def main():
     if soft != resource.RLIM_INFINITY and soft < want:
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
     before = rss_kib(pids)
+    t0 = time.monotonic()
     socks = []
     try:
         for i in range(n):
@@ -61,6 +62,7 @@ def main():
             if not head.startswith((b"HTTP/1.1 200", b"HTTP/1.0 200")):
                 print(f"idle_tunnels_error tunnel {i}: {head[:80]!r}")
                 return 1
+        opened = time.monotonic() - t0
         time.sleep(2)
         after = rss_kib(pids)
         closed = sum(is_closed(s) for s in socks)
@@ -68,6 +70,7 @@ def main():
         print(f"rss_with_tunnels_kib {after} KiB")
         print(f"rss_per_tunnel_kib {(after - before) / n:.1f} KiB")
         print(f"tunnels_closed_by_proxy {closed}")
+        print(f"tunnels_open_seconds {opened:.1f} s")
         return 0
     except OSError as e:
         print(f"idle_tunnels_error after {len(socks)} tunnels: {e!r}")

@@ -32,7 +32,7 @@ def fmt1(x):
 
 
 def main(path):
-    params, data, skipped, notes, versions, labels = {}, {}, {}, [], {}, []
+    params, data, full, skipped, notes, versions, labels = {}, {}, {}, {}, [], {}, []
     with open(path) as f:
         for line in f:
             parts = line.split()
@@ -52,6 +52,7 @@ def main(path):
                 notes.append(f"{label}: {key.replace('_', ' ')} {rest}".strip())
             else:
                 data.setdefault(label, {})[key] = parts[2] if len(parts) > 2 else ""
+                full.setdefault(label, {})[key] = rest
                 if label not in labels:
                     labels.append(label)
     cols = [c for c in ORDER if c in labels] + [c for c in labels if c not in ORDER]
@@ -83,14 +84,21 @@ def main(path):
         closed = num(d.get("tunnels_closed_by_proxy"))
         if closed:
             flag[(c, "rss_per_tunnel_kib")] = " (!)"
-            notes.append(f"{c}: the proxy had closed {closed:.0f} idle tunnels when RSS was read")
+            notes.append(f"{c}: {closed:.0f} of the idle tunnels were already closed when RSS was read "
+                         f"(opening them took {d.get('tunnels_open_seconds', '?')} s)")
         for k, what in (("relay_keepalive_non2xx", "non-2xx responses (wrk)"),
                         ("relay_keepalive_socket_errors", "socket errors (wrk)"),
                         ("relay_newconn_failed", "failed requests (ab)"),
                         ("relay_newconn_non2xx", "non-2xx responses (ab)")):
             v = d.get(k)
             if v not in (None, "", "0"):
-                notes.append(f"{c}: {v} {what}")
+                rest = full[c][k][len(v):].strip()
+                note = f"{c}: {v} {what}{' ' + rest if rest else ''}"
+                if (k == "relay_keepalive_socket_errors" and "connect 0 read" in rest
+                        and "write 0 timeout 0" in rest and num(d.get("relay_keepalive_non2xx")) == 0):
+                    note += (": read errors alone mean the proxy closed the client connection "
+                             "after each response (no keep-alive), so wrk reconnected")
+                notes.append(note)
     head = ["figure"] + [HEAD.get(c, c) for c in cols] + [f"fwproxy / {r}" for r in RATIOS]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for key, title, fmt in rows:
@@ -106,7 +114,8 @@ def main(path):
             elif pv == 0:
                 cells.append("—" if fw == 0 else "∞")
             else:
-                cells.append(f"{fw / pv:.2f}×")
+                r = fw / pv
+                cells.append(f"{r:.2f}×" if r >= 0.1 or r == 0 else f"{r:.2g}×")
         out.append("| " + " | ".join(cells) + " |")
     out.append("")
     out.append("↑ higher is better, ↓ lower is better; a ratio is fwproxy's figure divided by the peer's "
