@@ -317,6 +317,8 @@ class ResponseReader:
         self.done = False
         #: bytes arrived after the response ended (the connection can't be reused)
         self.extra = False
+        #: the origin intends to keep the connection open after this response
+        self.keep_alive = False
         self.started = False
         self._dead = False
         self._progress = False  # as in RequestReader: bound what httptools buffers in a head
@@ -380,6 +382,7 @@ class ResponseReader:
             kind = "close" if length is None else "length"
         self.body_kind = kind
         keep = p.should_keep_alive() and kind != "close"
+        self.keep_alive = keep
         self._events.append(
             (HEAD, ResponseHead(status, reason, version, headers, keep, kind, length))
         )
@@ -453,11 +456,12 @@ class ResponseReader:
         if buf and self.done:
             self.extra = True
 
-    def eof(self) -> list[Event]:
-        """The upstream closed: end a close-delimited body, or report truncation."""
+    def eof(self, clean: bool = True) -> list[Event]:
+        """The upstream closed (``clean``: with a FIN, not a reset): end a close-delimited body,
+        or report truncation. A reset never completes a body (RFC 9112 §8)."""
         if self.done or self._dead:
             return []
-        if self.body_kind == "close":
+        if self.body_kind == "close" and clean:
             self.done = True
             return [(END, None)]
         self._dead = True

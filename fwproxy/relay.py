@@ -91,6 +91,9 @@ class RelayTransaction(Transaction):
         self._client_keep = head.keep_alive
         self._retried = False
         self._waiting: Deferred[Any] | None = None
+        #: the request body is being streamed upstream (independent of the response's state:
+        #: an origin may answer before it has read the whole body)
+        self.sending = False
         self.result = TCP_MISS
 
     # -- request side --------------------------------------------------------------------
@@ -144,15 +147,20 @@ class RelayTransaction(Transaction):
             self._filtered(result)
 
     def _wait(self, d: Deferred[Any], callback: Any) -> None:
+        """Wait for a hook's (or the resolver's) Deferred; read nothing from the client meanwhile."""
         self._waiting = d
+        proto = self.proto
+        proto.pause_reason("filter")
 
         def done(value: Any) -> None:
             self._waiting = None
+            proto.resume_reason("filter")
             if not self.done:
                 callback(value)
 
         def failed(f: Failure) -> None:
             self._waiting = None
+            proto.resume_reason("filter")
             if not self.done and not f.check(CancelledError):
                 self.fail(f)
 
@@ -261,21 +269,20 @@ class RelayTransaction(Transaction):
             self._request_sent()
         else:
             self.state = SENDING
+            self.sending = True
             if head.has_body:
                 transport.registerProducer(self.proto.producer, True)  # type: ignore[union-attr]
             self.proto.process()
 
     def accepts(self, kind: int) -> bool:
         if kind == ERROR:
-            return True
-        if self.state == SENDING:
+            return not self.request_done
+        if self.sending or self.discarding:
             return kind == BODY or kind == END
-        if self.discarding:
-            return kind == BODY or kind == END
-        return kind == END and not self.head.has_body and self.state != SENDING
+        return kind == END and not self.head.has_body
 
     def client_event(self, kind: int, payload: Any) -> None:
-        if self.state != SENDING:
+        if not self.sending:
             super().client_event(kind, payload)
             return
         transport = self.upstream.transport  # type: ignore[union-attr]
@@ -293,6 +300,7 @@ class RelayTransaction(Transaction):
                 transport.write(payload)
         elif kind == END:
             self.request_done = True
+            self.sending = False
             if self.head.chunked:
                 transport.write(http1.LAST_CHUNK)
             if self.head.has_body:
@@ -305,7 +313,11 @@ class RelayTransaction(Transaction):
     def _request_sent(self) -> None:
         if self.state in (SENDING, CONNECTING, FILTERING):
             self.state = AWAITING
-        if self.upstream is not None and not self.upstream.reader.started:  # type: ignore[union-attr]
+        if (
+            self.state == AWAITING
+            and self.upstream is not None
+            and not self.upstream.reader.started  # type: ignore[union-attr]
+        ):
             self.timer.restart(  # type: ignore[union-attr]
                 self.proto.factory.config.timeouts.upstream_first_byte, self._first_byte_timeout
             )
@@ -314,7 +326,7 @@ class RelayTransaction(Transaction):
         self._error(504, f"{self.request.authority} did not answer in time")
 
     def _read_timeout(self) -> None:
-        self.abort()
+        self._error(504, f"{self.request.authority}: no data for too long")
 
     # -- response side -------------------------------------------------------------------
     def upstream_events(self, events: list[http1.Event]) -> None:
@@ -339,7 +351,7 @@ class RelayTransaction(Transaction):
                 self._upstream_error(payload)  # type: ignore[arg-type]
 
     def upstream_lost(self, reason: Failure) -> None:
-        if not self.done:
+        if not self.done and self.upstream is not None:
             self._upstream_error(ProtocolError(502, "upstream connection lost"))
 
     def _interim(self, rh: ResponseHead) -> None:

@@ -136,6 +136,8 @@ class ProxyProtocol(Protocol):
             self.resume_reason("connection-filter")
             for data in held or ():
                 self.dataReceived(data)
+            if self._read_closed and not self._closing:
+                self.readConnectionLost()
 
         def failed(f: Failure) -> None:
             log.failure("fwproxy: connection filter failed", f)
@@ -253,8 +255,13 @@ class ProxyProtocol(Protocol):
         if not keep_alive or self._raw or self.tunnel is not None or self.factory.draining:
             self._close()
             return
-        self._idle_mode = True
-        self.timer.restart(self.factory.config.timeouts.client_idle, self._idle_timeout)
+        if self.reader.head_started:
+            # part of the next head is already here: it must complete in time
+            self._idle_mode = False
+            self.timer.restart(self.factory.config.timeouts.request_header, self._header_timeout)
+        else:
+            self._idle_mode = True
+            self.timer.restart(self.factory.config.timeouts.client_idle, self._idle_timeout)
         self.process()
 
     def start_tunnel(self, txn: ConnectTransaction, upstream: TunnelUpstream, idle: float) -> Tunnel:
@@ -308,6 +315,8 @@ class ProxyProtocol(Protocol):
 
     def readConnectionLost(self) -> None:
         self._read_closed = True
+        if self._held is not None:
+            return  # a connection filter is deciding: handled once the held bytes are read
         if self.tunnel is not None:
             self.tunnel.client_eof()
             return

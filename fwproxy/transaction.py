@@ -61,7 +61,11 @@ class Transaction:
     def accepts(self, kind: int) -> bool:
         """Whether the next client event can be handled now (otherwise it waits, and the
         client is not read from meanwhile)."""
-        return kind == ERROR or (self.discarding and kind in (BODY, END))
+        if kind == ERROR:
+            # an error belongs to this request only while it is being received; after that it
+            # is the next (pipelined) request's, answered once this one is done
+            return not self.request_done
+        return self.discarding and (kind == BODY or kind == END)
 
     def client_event(self, kind: int, payload: Any) -> None:
         if kind == END:

@@ -158,7 +158,9 @@ class ConnectTransaction(Transaction):
         self.result = TCP_TUNNEL
 
     def accepts(self, kind: int) -> bool:
-        return kind == END or kind == ERROR or (kind == REST and self.tunnel is not None)
+        if kind == ERROR:
+            return not self.request_done
+        return kind == END or (kind == REST and self.tunnel is not None)
 
     def client_event(self, kind: int, payload: Any) -> None:
         if kind == REST:
@@ -197,15 +199,20 @@ class ConnectTransaction(Transaction):
             self._filtered(result)
 
     def _wait(self, d: Deferred[Any], callback: Any) -> None:
+        """Wait for a hook's (or the resolver's) Deferred; read nothing from the client meanwhile."""
         self._waiting = d
+        proto = self.proto
+        proto.pause_reason("filter")
 
         def done(value: Any) -> Any:
             self._waiting = None
+            proto.resume_reason("filter")
             if not self.done:
                 callback(value)
 
         def failed(f: Failure) -> None:
             self._waiting = None
+            proto.resume_reason("filter")
             if not self.done and not f.check(CancelledError):
                 self.fail(f)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any, Protocol as TypingProtocol
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ConnectionDone
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
@@ -69,15 +70,17 @@ class UpstreamProtocol(Protocol):
         self.pool._lost(self)
         handler, self.handler = self.handler, None
         if handler is not None and self.reader is not None:
-            events = self.reader.eof()
+            clean = reason is None or reason.check(ConnectionDone) is not None
+            events = self.reader.eof(clean)
             if events:
                 handler.upstream_events(events)
-            handler.upstream_lost(reason)
+            else:
+                handler.upstream_lost(reason)
 
     @property
     def reusable(self) -> bool:
         r = self.reader
-        return self.connected and r is not None and r.done and not r.extra
+        return self.connected and r is not None and r.done and not r.extra and r.keep_alive
 
 
 class _UpstreamFactory(Factory):
@@ -202,6 +205,9 @@ class UpstreamPool:
         if not conn.reusable:
             self._close(conn)
             return
+        # a slow client may have paused it on the last write: idle connections must read, to
+        # notice the origin closing them
+        conn.transport.resumeProducing()  # type: ignore[union-attr]
         if self._wake(conn.key, conn):
             return
         if self.max_idle_per_host == 0:
