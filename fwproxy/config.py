@@ -73,7 +73,7 @@ class Limits:
 class PoolConfig:
     """Idle upstream connections kept per ``host:port`` and for how long (seconds)."""
 
-    max_idle_per_host: int = 16
+    max_idle_per_host: int = 256
     idle_timeout: float = 30.0
 
 

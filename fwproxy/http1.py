@@ -482,13 +482,24 @@ def connection_tokens(fields: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]
     return frozenset(tokens)
 
 
+_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b"Keep-Alive"})
+
+
 def end_to_end(fields: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """``fields`` without hop-by-hop ones: the fixed set and every field ``Connection`` names."""
-    tokens = connection_tokens(fields)
-    if tokens:
-        drop = HOP_BY_HOP | tokens
-        return [(k, v) for k, v in fields if k.lower() not in drop]
-    return [(k, v) for k, v in fields if k.lower() not in HOP_BY_HOP]
+    out = []
+    named = False
+    for k, v in fields:
+        lk = k.lower()
+        if lk in HOP_BY_HOP:
+            if lk == b"connection" and v.lower() not in _PLAIN_CONNECTION:
+                named = True  # names other fields, not just keep-alive or close
+            continue
+        out.append((k, v))
+    if named:  # rare: a second pass for the fields Connection names
+        tokens = connection_tokens(fields)
+        out = [(k, v) for k, v in out if k.lower() not in tokens]
+    return out
 
 
 def proxy_credentials(fields: Iterable[tuple[bytes, bytes]]) -> bytes | None:

@@ -20,11 +20,11 @@ from twisted.internet import error as ierror
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.python.failure import Failure
 
-from fwproxy import chain, http1
+from fwproxy import chain, http1, writes
 from fwproxy.http1 import BODY, END, ERROR, HEAD, INTERIM, ProtocolError, ResponseHead
 from fwproxy.message import Headers, Request, Response
 from fwproxy.record import TCP_MISS, TCP_MISS_ABORTED
-from fwproxy.timer import Deadline
+from fwproxy.timer import Deadline  # noqa: F401 - the type of self.timer
 from fwproxy.transaction import USAGE, Transaction
 from fwproxy.upstream import UpstreamProtocol
 
@@ -49,7 +49,7 @@ def parse_absolute(target: bytes) -> tuple[str, int, bytes, bytes]:
             raise ProtocolError(400, "https:// URLs go through a tunnel: use CONNECT host:443")
         raise ProtocolError(400, "only http:// URLs can be relayed")
     host = (url.host or b"").lower()
-    if not host or any(c in host for c in b" \t\\"):
+    if not host or b" " in host or b"\t" in host or b"\\" in host:
         raise ProtocolError(400, "the request target has no host")
     port = url.port or 80
     path = url.path or b"/"
@@ -61,6 +61,10 @@ def parse_absolute(target: bytes) -> tuple[str, int, bytes, bytes]:
     if url.port is not None:
         hh += b":%d" % url.port
     return host.decode("ascii", "replace"), port, path, hh
+
+
+def _noop() -> None:
+    pass
 
 
 def _codings(fields: list[tuple[bytes, bytes]]) -> bytes:
@@ -91,6 +95,7 @@ class RelayTransaction(Transaction):
         self._client_keep = head.keep_alive
         self._retried = False
         self._waiting: Deferred[Any] | None = None
+        self._out: list[bytes] = []  # response bytes produced by one upstream read
         #: the request body is being streamed upstream (independent of the response's state:
         #: an origin may answer before it has read the whole body)
         self.sending = False
@@ -173,7 +178,9 @@ class RelayTransaction(Transaction):
         self.state = CONNECTING
         req = self.request
         factory = self.proto.factory
-        self.timer = Deadline(self.clock, factory.config.timeouts.connect, self._connect_timeout)
+        # the connection's deadline is idle during a transaction: reuse it (no timer per request)
+        self.timer = self.proto.timer
+        self.timer.restart(factory.config.timeouts.connect, self._connect_timeout)
         if req.addresses is not None:
             self._resolved(req.addresses)
             return
@@ -239,8 +246,8 @@ class RelayTransaction(Transaction):
 
     def _connect_failed(self, f: Failure) -> None:
         self._waiting = None
-        if self.done:
-            return
+        if self.done or f.check(CancelledError):
+            return  # whoever cancelled has answered
         if f.check(ierror.TimeoutError, ierror.UserError) or f.check(ierror.ConnectingCancelledError):
             self._error(504, f"timed out connecting to {self.request.authority}")
         elif f.check(ierror.ConnectionRefusedError):
@@ -262,9 +269,10 @@ class RelayTransaction(Transaction):
         if head.chunked:
             fields = [*fields, (b"Transfer-Encoding", b"chunked")]
         transport = conn.transport
-        transport.write(http1.request_head(head.method, req.path, fields))  # type: ignore[union-attr]
-        timeouts = self.proto.factory.config.timeouts
-        self.timer.restart(timeouts.read, self._read_timeout)  # type: ignore[union-attr]
+        writes.write(transport, http1.request_head(head.method, req.path, fields))
+        if not self.request_done:
+            timeouts = self.proto.factory.config.timeouts
+            self.timer.restart(timeouts.read, self._read_timeout)  # type: ignore[union-attr]
         if self.request_done:
             self._request_sent()
         else:
@@ -333,6 +341,20 @@ class RelayTransaction(Transaction):
         if self._pending is not None:
             self._pending.extend(events)
             return
+        try:
+            self._upstream_events(events)
+        finally:
+            self.flush()
+
+    def flush(self) -> None:
+        """Send what the events of one read produced, in one write."""
+        out = self._out
+        if out:
+            data = out[0] if len(out) == 1 else b"".join(out)
+            out.clear()
+            writes.write(self.proto.transport, data)
+
+    def _upstream_events(self, events: list[http1.Event]) -> None:
         for i, (kind, payload) in enumerate(events):
             if self.done:
                 return
@@ -359,7 +381,7 @@ class RelayTransaction(Transaction):
         if self.head.version == "1.1":
             data = http1.response_head(rh.status, rh.reason, http1.end_to_end(rh.headers))
             self.bytes_out += len(data)
-            self.proto.transport.write(data)
+            self._out.append(data)
 
     def _head(self, rh: ResponseHead) -> None:
         self.state = RESPONDING
@@ -424,10 +446,9 @@ class RelayTransaction(Transaction):
         if ct:
             self.content_type = ct.decode("latin-1")
         self.bytes_out += len(data)
-        transport = self.proto.transport
-        transport.write(data)
+        self._out.append(data)
         if kind != "none":
-            transport.registerProducer(self.upstream.transport, True)  # type: ignore[union-attr]
+            self.proto.transport.registerProducer(self.upstream.transport, True)  # type: ignore[union-attr]
             self._producing = True
 
     def _body(self, data: bytes) -> None:
@@ -436,14 +457,15 @@ class RelayTransaction(Transaction):
         if self._chunked_out:
             pieces = http1.chunk(data)
             self.bytes_out += len(pieces[0]) + 2
-            self.proto.transport.writeSequence(pieces)
+            self._out.extend(pieces)
         else:
-            self.proto.transport.write(data)
+            self._out.append(data)
 
     def _end(self) -> None:
         if self._chunked_out:
-            self.proto.transport.write(http1.LAST_CHUNK)
+            self._out.append(http1.LAST_CHUNK)
             self.bytes_out += 5
+        self.flush()
         conn, self.upstream = self.upstream, None
         self._unregister()
         if conn is not None:
@@ -510,8 +532,9 @@ class RelayTransaction(Transaction):
         super().client_lost()
 
     def cleanup(self) -> None:
+        self.flush()
         if self.timer is not None:
-            self.timer.cancel()
+            self.timer.expired = _noop  # the connection re-arms it when this transaction ends
         if self._waiting is not None:
             d, self._waiting = self._waiting, None
             d.cancel()

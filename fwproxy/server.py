@@ -27,6 +27,7 @@ from zope.interface import implementer
 
 from fwproxy import chain as _chain
 from fwproxy.chain import FilterChain
+from fwproxy.acl import client_ip
 from fwproxy.auth import Authenticator, HtpasswdChecker, make_portal
 from fwproxy.config import AuthConfig, Config
 from fwproxy.http1 import END, ERROR, HEAD, REST, ProtocolError, RequestHead, RequestReader
@@ -223,8 +224,10 @@ class ProxyProtocol(Protocol):
                 self._close()
 
     def _start(self, head: RequestHead) -> None:
+        # the request-header deadline keeps running: the transaction re-arms the timer for its
+        # own phases; until it does (a filter's Deferred may be pending), the request must be
+        # decided within what is left of it
         self._idle_mode = False
-        self.timer.cancel()
         txn: Any
         if head.method == b"CONNECT":
             txn = ConnectTransaction(self, head)
@@ -266,7 +269,6 @@ class ProxyProtocol(Protocol):
 
     def start_tunnel(self, txn: ConnectTransaction, upstream: TunnelUpstream, idle: float) -> Tunnel:
         """The CONNECT succeeded: splice the client to ``upstream``."""
-        self.timer.cancel()
         tunnel = Tunnel(txn, upstream, idle)
         self.tunnel = tunnel
         early = [p for k, p in self.queue if k == REST]
@@ -286,7 +288,9 @@ class ProxyProtocol(Protocol):
             self._close()
 
     def _header_timeout(self) -> None:
-        if self.current is None and self.tunnel is None:
+        if self.current is not None:
+            self.current.stalled()
+        elif self.tunnel is None:
             head = RequestHead(b"NONE", b"error:request-timeout", "1.1", [], False, False, None)
             txn = Transaction(self, head)
             self.current = txn
@@ -604,13 +608,7 @@ def fd_budget() -> int:
 
 
 def _ip(a: str) -> Any:
-    try:
-        ip = ipaddress.ip_address(a.split("%", 1)[0])
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
+    return client_ip(a.split("%", 1)[0])
 
 
 def _same_ip(a: str, b: str) -> bool:

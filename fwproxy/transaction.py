@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from fwproxy import http1
+from fwproxy import http1, writes
 from fwproxy.http1 import BODY, END, ERROR, ProtocolError, RequestHead
 from fwproxy.message import Response
 from fwproxy.record import NONE_NONE, TCP_DENIED, TransactionRecord
@@ -95,6 +95,7 @@ class Transaction:
         """Send a whole response made here (an error page, a filter's answer), then finish."""
         if self.done:
             return
+        self.flush()
         head = self.head
         keep = head.keep_alive and not close and not head.has_body
         fields = list(response.headers.fields())
@@ -114,18 +115,30 @@ class Transaction:
         )
         self.content_type = (response.headers.get(b"content-type") or b"").decode("latin-1")
         self.bytes_out += len(data)
-        self.proto.transport.write(data)
+        writes.write(self.proto.transport, data)
         if keep and not self.request_done:
             # a bodiless request whose END is still queued: finish when it is consumed
             self.discarding = True
             return
         self.finish(keep)
 
+    def flush(self) -> None:
+        """Send output a subclass holds back (see RelayTransaction)."""
+
     def fail(self, failure: Failure) -> None:
         """An unexpected error (a filter raised): log it, answer 500 if possible."""
         log.failure("fwproxy: error in transaction {txn!r}", failure, txn=self)
         if self.status == 0 and not self.done:
             self.answer(Response.text(500, "fwproxy: internal error"), close=True)
+        else:
+            self.abort()
+
+    def stalled(self) -> None:
+        """Nothing re-armed the connection's deadline in time (a filter never answered)."""
+        if self.status == 0 and not self.done:
+            self.answer(
+                Response.text(503, "fwproxy: timed out deciding on the request"), close=True
+            )
         else:
             self.abort()
 

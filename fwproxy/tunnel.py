@@ -21,7 +21,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from fwproxy import chain, http1
+from fwproxy import chain, http1, writes
 from fwproxy.http1 import END, ERROR, REST
 from fwproxy.message import Headers, Request, Response
 from fwproxy.record import TCP_TUNNEL, TCP_TUNNEL_ABORTED
@@ -95,17 +95,19 @@ class Tunnel:
         upstream.tunnel = self
         self.upstream_t.registerProducer(self.client_t, True)
         self.client_t.registerProducer(self.upstream_t, True)
-        self.idle = Deadline(txn.clock, idle, self.close)
+        # the connection's deadline becomes the tunnel's idle timeout
+        self.idle = self.proto.timer
+        self.idle.restart(idle, self.close)
 
     def client_data(self, data: bytes) -> None:
         self.txn.bytes_in += len(data)
         self.idle.touch()
-        self.upstream_t.write(data)
+        writes.write(self.upstream_t, data)
 
     def upstream_data(self, data: bytes) -> None:
         self.txn.bytes_out += len(data)
         self.idle.touch()
-        self.client_t.write(data)
+        writes.write(self.client_t, data)
 
     def client_eof(self) -> None:
         self._client_eof = True
@@ -223,7 +225,8 @@ class ConnectTransaction(Transaction):
             self.answer(answer, close=True)
             return
         factory = self.proto.factory
-        self.timer = Deadline(self.clock, factory.config.timeouts.connect, self._timeout)
+        self.timer = self.proto.timer  # the connection's deadline, idle during a transaction
+        self.timer.restart(factory.config.timeouts.connect, self._timeout)
         req = self.request
         if req.addresses is not None:
             self._resolved(req.addresses)
@@ -277,8 +280,6 @@ class ConnectTransaction(Transaction):
         if self.done:
             upstream.transport.loseConnection()  # type: ignore[union-attr]
             return
-        if self.timer is not None:
-            self.timer.cancel()
         self.status = 200
         self.bytes_out += len(ESTABLISHED)
         self.proto.transport.write(ESTABLISHED)
@@ -297,8 +298,8 @@ class ConnectTransaction(Transaction):
             super().client_lost()
 
     def cleanup(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
+        if self.timer is not None and self.tunnel is None:
+            self.timer.expired = lambda: None  # the connection re-arms or cancels it
         if self._waiting is not None:
             d, self._waiting = self._waiting, None
             d.cancel()

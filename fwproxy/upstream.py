@@ -14,8 +14,7 @@ from typing import Any, Protocol as TypingProtocol
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionDone
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.python.failure import Failure
 
 from fwproxy.http1 import Event, ResponseReader
@@ -40,12 +39,16 @@ class UpstreamProtocol(Protocol):
         self.reused = False
         self.address = ""
         self._idle_call: Any = None
+        self._made: Deferred[UpstreamProtocol] | None = None
 
     def connectionMade(self) -> None:
         self.connected = True
         peer = self.transport.getPeer()  # type: ignore[union-attr]
         host = getattr(peer, "host", "")
         self.address = f"[{host}]:{peer.port}" if ":" in host else f"{host}:{getattr(peer, 'port', 0)}"
+        made, self._made = self._made, None
+        if made is not None and not made.called:
+            made.callback(self)
 
     def begin(self, handler: Handler, method: bytes) -> None:
         """Start a request/response exchange for ``handler``."""
@@ -83,15 +86,25 @@ class UpstreamProtocol(Protocol):
         return self.connected and r is not None and r.done and not r.extra and r.keep_alive
 
 
-class _UpstreamFactory(Factory):
+class _UpstreamFactory(ClientFactory):
+    """Connects one upstream connection and fires ``deferred`` with its protocol (no endpoint
+    wrapper: the protocol receives the transport's bytes directly)."""
+
     noisy = False
 
-    def __init__(self, pool: UpstreamPool, key: Key) -> None:
+    def __init__(self, pool: UpstreamPool, key: Key, deferred: Deferred[UpstreamProtocol]) -> None:
         self.pool = pool
         self.key = key
+        self.deferred = deferred
 
     def buildProtocol(self, addr: Any) -> UpstreamProtocol:
-        return UpstreamProtocol(self.pool, self.key)
+        proto = UpstreamProtocol(self.pool, self.key)
+        proto._made = self.deferred
+        return proto
+
+    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        if not self.deferred.called:
+            self.deferred.errback(reason)
 
 
 class UpstreamPool:
@@ -100,7 +113,7 @@ class UpstreamPool:
     def __init__(
         self,
         reactor: Any,
-        max_idle_per_host: int = 16,
+        max_idle_per_host: int = 256,
         idle_timeout: float = 30.0,
         max_per_host: int = 0,
     ) -> None:
@@ -175,15 +188,23 @@ class UpstreamPool:
 
     def connect(self, key: Key, address: str, timeout: float) -> Deferred[UpstreamProtocol]:
         """A new connection to ``address`` (an IP literal), port ``key[1]``."""
-        cls = TCP6ClientEndpoint if ":" in address else TCP4ClientEndpoint
-        endpoint = cls(self._reactor, address, key[1], timeout=timeout)
+        connector: list[Any] = []
+
+        def cancel(d: Deferred[Any]) -> None:
+            if connector:
+                connector[0].stopConnecting()
+
+        d: Deferred[UpstreamProtocol] = Deferred(cancel)
         self._open[key] = self._open.get(key, 0) + 1
+        connector.append(
+            self._reactor.connectTCP(address, key[1], _UpstreamFactory(self, key, d), timeout)
+        )
 
         def failed(f: Any) -> Any:
             self._closed(key)
             return f
 
-        return endpoint.connect(_UpstreamFactory(self, key)).addErrback(failed)
+        return d.addErrback(failed)
 
     def _closed(self, key: Key) -> None:
         n = self._open.get(key, 1) - 1

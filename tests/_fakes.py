@@ -196,7 +196,7 @@ class Upstream:
         self.transport.protocol = self.wrapper
         self.wrapper.makeConnection(self.transport)
         #: the protocol the proxy built (UpstreamProtocol or TunnelUpstream)
-        self.proto = self.wrapper._wrappedProtocol
+        self.proto = getattr(self.wrapper, "_wrappedProtocol", self.wrapper)
 
     def send(self, data: bytes) -> None:
         self.wrapper.dataReceived(data)

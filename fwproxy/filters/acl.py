@@ -62,6 +62,13 @@ class AclFilter:
         )
 
     def requestReceived(self, request: Request) -> Response | None | Deferred:
+        if (
+            request.addresses is None
+            and self.policy.needs_addresses
+            and client_ip(request.host) is not None
+        ):
+            # an IP literal is its own address: evaluate once, per address, with no lookup
+            request.addresses = [request.host]
         try:
             if request.addresses is None:
                 return self._verdict(request, self.policy.allows(self._context(request)))
