@@ -6,6 +6,7 @@ Prints `rss_idle_kib`, `rss_with_tunnels_kib`, `rss_per_tunnel_kib` and `tunnels
 (tunnels the proxy had already closed when RSS was read: a non-zero count makes the per-tunnel
 figure meaningless). On failure prints `idle_tunnels_error ...` and exits 1.
 """
+
 import resource
 import socket
 import sys

@@ -52,7 +52,9 @@ def run(n: int) -> float:
     factory = ProxyFactory(loads(CONFIG.format(log=log.name)), reactor)
     factory.doStart()
     proto = factory.buildProtocol(None)
-    client = StringTransport(peerAddress=_addr("127.0.0.1", 40000), hostAddress=_addr("127.0.0.1", 3128))
+    client = StringTransport(
+        peerAddress=_addr("127.0.0.1", 40000), hostAddress=_addr("127.0.0.1", 3128)
+    )
     proto.makeConnection(client)
     # the first request opens the upstream connection; complete it by hand
     proto.dataReceived(REQUEST)

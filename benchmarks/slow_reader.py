@@ -4,6 +4,7 @@ A proxy with flow control stays flat; one without buffers what the client cannot
 usage: python3 slow_reader.py HOST:PORT PID[,PID...] URL SECONDS
 HOST:PORT is the proxy (or the origin itself for the no-proxy baseline; nginx takes absolute-form).
 """
+
 import socket
 import sys
 import time

@@ -4,6 +4,7 @@ usage: python3 table.py RAWFILE
 Raw line forms:  `params key=value ...`, `LABEL metric value [unit]`, `LABEL skipped reason...`,
 `LABEL version text...`, `LABEL note text...`. LABEL `direct` is the "no proxy" column.
 """
+
 import sys
 
 ORDER = ["direct", "fwproxy", "squid", "tinyproxy", "proxy.py"]
@@ -61,14 +62,24 @@ def main(path):
         ("relay_keepalive_rps", "small GET, keep-alive, 50 conns (req/s) ↑", fmt_int),
         ("relay_keepalive_p50_ms", "latency p50 (ms) ↓", fmt2),
         ("relay_keepalive_p99_ms", "latency p99 (ms) ↓", fmt2),
-        ("relay_keepalive_cpu_ticks_per_1k", "proxy CPU per 1,000 requests (ticks of 10 ms) ↓", fmt2),
+        (
+            "relay_keepalive_cpu_ticks_per_1k",
+            "proxy CPU per 1,000 requests (ticks of 10 ms) ↓",
+            fmt2,
+        ),
         ("relay_newconn_rps", "small GET, new connection per request (req/s) ↑", fmt_int),
         ("relay_big_MBps", f"{size} through the HTTP relay (MB/s) ↑", fmt_int),
         ("tunnel_big_MBps", f"{size} through a CONNECT tunnel, median of 3 (MB/s) ↑", fmt_int),
-        ("rss_per_tunnel_kib",
-         f"RSS per idle CONNECT tunnel, {params.get('tunnels', '?')} tunnels (KiB) ↓", fmt1),
-        ("slow_reader_rss_growth_kib",
-         f"RSS growth, {size} relayed to a slow reader for {params.get('slow', '?')} s (KiB) ↓", fmt_int),
+        (
+            "rss_per_tunnel_kib",
+            f"RSS per idle CONNECT tunnel, {params.get('tunnels', '?')} tunnels (KiB) ↓",
+            fmt1,
+        ),
+        (
+            "slow_reader_rss_growth_kib",
+            f"RSS growth, {size} relayed to a slow reader for {params.get('slow', '?')} s (KiB) ↓",
+            fmt_int,
+        ),
     ]
     # flags shown next to a value, and footnotes
     flag = {}
@@ -76,28 +87,42 @@ def main(path):
         d = data.get(c, {})
         if d.get("relay_big_complete") == "no":
             flag[(c, "relay_big_MBps")] = " (partial)"
-            notes.append(f"{c}: the {size} relay did not finish in {params.get('big_timeout', '?')} s "
-                         f"({d.get('relay_big_bytes', '?')} bytes); MB/s is over what arrived")
+            notes.append(
+                f"{c}: the {size} relay did not finish in {params.get('big_timeout', '?')} s "
+                f"({d.get('relay_big_bytes', '?')} bytes); MB/s is over what arrived"
+            )
         if d.get("tunnel_big_complete") == "no":
             flag[(c, "tunnel_big_MBps")] = " (partial)"
-            notes.append(f"{c}: a {size} tunnel download did not finish in {params.get('big_timeout', '?')} s")
+            notes.append(
+                f"{c}: a {size} tunnel download did not finish in {params.get('big_timeout', '?')} s"
+            )
         closed = num(d.get("tunnels_closed_by_proxy"))
         if closed:
             flag[(c, "rss_per_tunnel_kib")] = " (!)"
-            notes.append(f"{c}: {closed:.0f} of the idle tunnels were already closed when RSS was read "
-                         f"(opening them took {d.get('tunnels_open_seconds', '?')} s)")
-        for k, what in (("relay_keepalive_non2xx", "non-2xx responses (wrk)"),
-                        ("relay_keepalive_socket_errors", "socket errors (wrk)"),
-                        ("relay_newconn_failed", "failed requests (ab)"),
-                        ("relay_newconn_non2xx", "non-2xx responses (ab)")):
+            notes.append(
+                f"{c}: {closed:.0f} of the idle tunnels were already closed when RSS was read "
+                f"(opening them took {d.get('tunnels_open_seconds', '?')} s)"
+            )
+        for k, what in (
+            ("relay_keepalive_non2xx", "non-2xx responses (wrk)"),
+            ("relay_keepalive_socket_errors", "socket errors (wrk)"),
+            ("relay_newconn_failed", "failed requests (ab)"),
+            ("relay_newconn_non2xx", "non-2xx responses (ab)"),
+        ):
             v = d.get(k)
             if v not in (None, "", "0"):
-                rest = full[c][k][len(v):].strip()
+                rest = full[c][k][len(v) :].strip()
                 note = f"{c}: {v} {what}{' ' + rest if rest else ''}"
-                if (k == "relay_keepalive_socket_errors" and "connect 0 read" in rest
-                        and "write 0 timeout 0" in rest and num(d.get("relay_keepalive_non2xx")) == 0):
-                    note += (": read errors alone mean the proxy closed the client connection "
-                             "after each response (no keep-alive), so wrk reconnected")
+                if (
+                    k == "relay_keepalive_socket_errors"
+                    and "connect 0 read" in rest
+                    and "write 0 timeout 0" in rest
+                    and num(d.get("relay_keepalive_non2xx")) == 0
+                ):
+                    note += (
+                        ": read errors alone mean the proxy closed the client connection "
+                        "after each response (no keep-alive), so wrk reconnected"
+                    )
                 notes.append(note)
     head = ["figure"] + [HEAD.get(c, c) for c in cols] + [f"fwproxy / {r}" for r in RATIOS]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -118,11 +143,15 @@ def main(path):
                 cells.append(f"{r:.2f}×" if r >= 0.1 or r == 0 else f"{r:.2g}×")
         out.append("| " + " | ".join(cells) + " |")
     out.append("")
-    out.append("↑ higher is better, ↓ lower is better; a ratio is fwproxy's figure divided by the peer's "
-               "(so > 1 is better for ↑ rows and worse for ↓ rows). Only ratios from one run mean anything.")
+    out.append(
+        "↑ higher is better, ↓ lower is better; a ratio is fwproxy's figure divided by the peer's "
+        "(so > 1 is better for ↑ rows and worse for ↓ rows). Only ratios from one run mean anything."
+    )
     if versions:
         out.append("")
-        out.append("Versions: " + "; ".join(f"{HEAD.get(k, k)}: {v}" for k, v in versions.items()) + ".")
+        out.append(
+            "Versions: " + "; ".join(f"{HEAD.get(k, k)}: {v}" for k, v in versions.items()) + "."
+        )
     for k, v in skipped.items():
         notes.append(f"{k}: skipped — {v}")
     if notes:

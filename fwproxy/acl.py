@@ -106,7 +106,9 @@ def _networks(name: str, kind: str, values: object) -> tuple[IPNetwork, ...]:
         try:
             nets.append(ipaddress.ip_network(v, strict=False))
         except ValueError:
-            raise AclError(f"acl.{name}.{kind}: {v!r} is not an IP address or CIDR network")
+            raise AclError(
+                f"acl.{name}.{kind}: {v!r} is not an IP address or CIDR network"
+            ) from None
     return tuple(nets)
 
 
@@ -218,7 +220,7 @@ def _regexes(name: str, kind: str, values: object, flags: int) -> tuple[re.Patte
         try:
             out.append(re.compile(v, flags))
         except re.error as e:
-            raise AclError(f"acl.{name}.{kind}: bad regular expression {v!r}: {e}")
+            raise AclError(f"acl.{name}.{kind}: bad regular expression {v!r}: {e}") from None
     return tuple(out)
 
 
@@ -258,7 +260,9 @@ class PortAcl(Acl):
                 lo = int(lo_s)
                 hi = int(hi_s) if sep else lo
             except ValueError:
-                raise AclError(f"acl.{name}.port: {v!r} is not a port or range like \"1025-65535\"")
+                raise AclError(
+                    f'acl.{name}.port: {v!r} is not a port or range like "1025-65535"'
+                ) from None
             if not (1 <= lo <= hi <= 65535):
                 raise AclError(f"acl.{name}.port: {v!r} is out of range (1-65535, low-high)")
             ranges.append((lo, hi))
@@ -304,7 +308,7 @@ class TimeAcl(Acl):
             m = _TIME.match(v.strip())
             if not m or not (m.group(1) or m.group(2)):
                 raise AclError(
-                    f"acl.{name}.time: {v!r} is not like \"MTWHF 09:00-17:00\" "
+                    f'acl.{name}.time: {v!r} is not like "MTWHF 09:00-17:00" '
                     "(days S M T W H F A, then hh:mm-hh:mm)"
                 )
             days = frozenset(_DAYS.index(c) for c in m.group(1)) if m.group(1) else None
@@ -359,7 +363,14 @@ class ProxyAuthAcl(Acl):
 ACL_TYPES: dict[str, type[Acl]] = {
     cls.kind: cls
     for cls in (
-        SrcAcl, DstAcl, DstDomainAcl, DstDomRegexAcl, PortAcl, MethodAcl, UrlRegexAcl, TimeAcl,
+        SrcAcl,
+        DstAcl,
+        DstDomainAcl,
+        DstDomRegexAcl,
+        PortAcl,
+        MethodAcl,
+        UrlRegexAcl,
+        TimeAcl,
         ProxyAuthAcl,
     )
 }
@@ -445,9 +456,9 @@ def parse_rule(text: str, acls: dict[str, Acl], where: str = "access.rules") -> 
     """Parse ``"allow|deny [!]NAME ..."`` against the defined ACLs."""
     words = text.split()
     if not words or words[0] not in ("allow", "deny"):
-        raise AclError(f"{where}: {text!r} must start with \"allow\" or \"deny\"")
+        raise AclError(f'{where}: {text!r} must start with "allow" or "deny"')
     if len(words) == 1:
-        raise AclError(f"{where}: {text!r} names no ACL (write \"{words[0]} all\")")
+        raise AclError(f'{where}: {text!r} names no ACL (write "{words[0]} all")')
     terms = []
     for w in words[1:]:
         negated = w.startswith("!")
@@ -504,8 +515,5 @@ class AccessPolicy:
         return [
             r
             for r in self.rules
-            if r.allow
-            and not any(
-                not neg and _restricts_source(acl) for acl, neg in r.terms
-            )
+            if r.allow and not any(not neg and _restricts_source(acl) for acl, neg in r.terms)
         ]

@@ -55,7 +55,9 @@ def parse_htpasswd(text: str, source: str) -> dict[str, bytes]:
                 if len(base64.b64decode(hashed[5:], validate=True)) != 20:
                     raise ValueError
             except (binascii.Error, ValueError):
-                raise HtpasswdError(f"{source}:{n}: user {user!r}: malformed {{SHA}} hash") from None
+                raise HtpasswdError(
+                    f"{source}:{n}: user {user!r}: malformed {{SHA}} hash"
+                ) from None
         elif hashed.startswith("$apr1$"):
             raise HtpasswdError(
                 f"{source}:{n}: user {user!r}: MD5 ($apr1$) entries are refused; "
@@ -124,7 +126,7 @@ class HtpasswdChecker:
                 Logger().error("fwproxy: keeping the previous users: {e}", e=str(e))
                 self._mtime = mtime
 
-    def requestAvatarId(self, credentials: Any) -> Deferred[str]:
+    def requestAvatarId(self, credentials: Any) -> Deferred[Any]:
         self._maybe_reload()
         user = credentials.username
         if isinstance(user, bytes):

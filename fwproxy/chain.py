@@ -35,7 +35,7 @@ def run(hooks: Sequence[Hook], *args: Any) -> Any:
         if isinstance(result, Deferred):
             rest = hooks[i + 1 :]
 
-            def _next(value: Any) -> Any:
+            def _next(value: Any, rest: Sequence[Hook] = rest) -> Any:
                 return value if value is not None else run(rest, *args)
 
             return result.addCallback(_next)
@@ -49,18 +49,28 @@ class FilterChain:
     def __init__(self, filters: Sequence[object]) -> None:
         self.filters = tuple(filters)
         self.connection: tuple[Hook, ...] = tuple(
-            f.clientConnected for f in filters if IConnectionFilter.providedBy(f)  # type: ignore[attr-defined]
+            f.clientConnected
+            for f in filters
+            if IConnectionFilter.providedBy(f)  # type: ignore[attr-defined]
         )
         self.request: tuple[Hook, ...] = tuple(
-            f.requestReceived for f in filters if IRequestFilter.providedBy(f)  # type: ignore[attr-defined]
+            f.requestReceived
+            for f in filters
+            if IRequestFilter.providedBy(f)  # type: ignore[attr-defined]
         )
         self.connect: tuple[Hook, ...] = tuple(
-            f.connectReceived for f in filters if IConnectFilter.providedBy(f)  # type: ignore[attr-defined]
+            f.connectReceived
+            for f in filters
+            if IConnectFilter.providedBy(f)  # type: ignore[attr-defined]
         )
         self.response: tuple[Hook, ...] = tuple(
-            f.responseReceived for f in filters if IResponseFilter.providedBy(f)  # type: ignore[attr-defined]
+            f.responseReceived
+            for f in filters
+            if IResponseFilter.providedBy(f)  # type: ignore[attr-defined]
         )
         self.observers: tuple[Hook, ...] = tuple(
-            f.transactionFinished for f in filters if ITransactionObserver.providedBy(f)  # type: ignore[attr-defined]
+            f.transactionFinished
+            for f in filters
+            if ITransactionObserver.providedBy(f)  # type: ignore[attr-defined]
         )
         self.lifecycle = tuple(f for f in filters if IFilterLifecycle.providedBy(f))

@@ -21,8 +21,10 @@ def check_config(path: str | None, strict: bool = False) -> int:
         print(f"warning: {w}", file=sys.stderr)
     if strict and config.warnings:
         return 1
-    print(f"{config.source}: OK ({len(config.access.rules)} rules, listening on "
-          f"{', '.join(config.listen)})")
+    print(
+        f"{config.source}: OK ({len(config.access.rules)} rules, listening on "
+        f"{', '.join(config.listen)})"
+    )
     return 0
 
 

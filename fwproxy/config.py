@@ -135,7 +135,16 @@ class Config:
 
 
 _SECTIONS = (
-    "proxy", "timeouts", "limits", "pool", "auth", "acl", "access", "headers", "log", "filters",
+    "proxy",
+    "timeouts",
+    "limits",
+    "pool",
+    "auth",
+    "acl",
+    "access",
+    "headers",
+    "log",
+    "filters",
 )
 
 
@@ -244,8 +253,12 @@ def parse(data: Mapping[str, Any], source: str = DEFAULT_NAME, text: str = "") -
         listen = proxy["listen"]
         if isinstance(listen, str):
             listen = [listen]
-        if not isinstance(listen, list) or not listen or not all(isinstance(s, str) for s in listen):
-            p.add("proxy.listen", "expected a non-empty list of endpoint strings like \"tcp:3128\"")
+        if (
+            not isinstance(listen, list)
+            or not listen
+            or not all(isinstance(s, str) for s in listen)
+        ):
+            p.add("proxy.listen", 'expected a non-empty list of endpoint strings like "tcp:3128"')
         else:
             for s in listen:
                 err = _validate_endpoint(s)
@@ -257,17 +270,17 @@ def parse(data: Mapping[str, Any], source: str = DEFAULT_NAME, text: str = "") -
         table = _table(p, data, key)
         fields = cls.__dataclass_fields__  # type: ignore[attr-defined]
         _unknown(p, key, table, list(fields))
-        values = {}
+        values: dict[str, Any] = {}
         for name, f in fields.items():
             if name not in table:
                 continue
             if isinstance(f.default, int):  # counts and sizes: whole numbers, 0 = no limit
                 low = 1 if name in ("max_header_size", "max_headers", "max_target") else 0
-                v = _integer(p, f"{key}.{name}", table[name], low)
+                n: float | None = _integer(p, f"{key}.{name}", table[name], low)
             else:
-                v = _number(p, f"{key}.{name}", table[name])
-            if v is not None:
-                values[name] = v
+                n = _number(p, f"{key}.{name}", table[name])
+            if n is not None:
+                values[name] = n
         kwargs[key] = cls(**values)
 
     acls: dict[str, Acl] = predefined()
@@ -281,7 +294,7 @@ def parse(data: Mapping[str, Any], source: str = DEFAULT_NAME, text: str = "") -
             p.add(key, "ACL names are letters, digits, '_', '-' and '.'")
             continue
         if not isinstance(spec, Mapping) or len(spec) != 1:
-            p.add(key, "expected exactly one type, e.g. src = [\"10.0.0.0/8\"]")
+            p.add(key, 'expected exactly one type, e.g. src = ["10.0.0.0/8"]')
             continue
         ((kind, values),) = spec.items()
         try:
@@ -297,7 +310,7 @@ def parse(data: Mapping[str, Any], source: str = DEFAULT_NAME, text: str = "") -
     rules_text = access.get("rules", ["deny all"])
     rules = []
     if not isinstance(rules_text, list) or not all(isinstance(r, str) for r in rules_text):
-        p.add("access.rules", "expected a list of strings like \"allow localhost\"")
+        p.add("access.rules", 'expected a list of strings like "allow localhost"')
     else:
         for i, text_rule in enumerate(rules_text):
             try:
@@ -314,7 +327,7 @@ def parse(data: Mapping[str, Any], source: str = DEFAULT_NAME, text: str = "") -
     if policy.reaches_linklocal():
         warnings.append(
             f"{source}: access.rules: clients can reach link-local destinations (the cloud "
-            "metadata service 169.254.169.254): put \"deny to_linklocal\" before the allow rules"
+            'metadata service 169.254.169.254): put "deny to_linklocal" before the allow rules'
         )
     kwargs["warnings"] = tuple(warnings)
 
@@ -322,7 +335,7 @@ def parse(data: Mapping[str, Any], source: str = DEFAULT_NAME, text: str = "") -
         kwargs["auth"] = _auth(p, _table(p, data, "auth"), source)
     if "auth" not in kwargs and any(a.kind == "proxy_auth" for a in acls.values()):
         name = next(a.name for a in acls.values() if a.kind == "proxy_auth")
-        p.add(f"acl.{name}", "a proxy_auth ACL needs an [auth] section (htpasswd = \"PATH\")")
+        p.add(f"acl.{name}", 'a proxy_auth ACL needs an [auth] section (htpasswd = "PATH")')
 
     headers = _table(p, data, "headers")
     try:
@@ -343,7 +356,7 @@ def parse(data: Mapping[str, Any], source: str = DEFAULT_NAME, text: str = "") -
     for i, entry in enumerate(filters):
         key = f"filters[{i}]"
         if not isinstance(entry, Mapping) or not isinstance(entry.get("name"), str):
-            p.add("filters", f"{key}: each [[filters]] entry needs name = \"...\"")
+            p.add("filters", f'{key}: each [[filters]] entry needs name = "..."')
             continue
         for k in entry:
             if k not in ("name", "options"):
@@ -385,7 +398,7 @@ def _auth(p: _Problems, table: Mapping[str, Any], source: str) -> AuthConfig | N
         if n is not None:
             values["max_failures"] = n
     if "htpasswd" in values:
-        from fwproxy.auth import HtpasswdError, HtpasswdChecker
+        from fwproxy.auth import HtpasswdChecker, HtpasswdError
 
         path = values["htpasswd"]
         if not os.path.isabs(path) and source != DEFAULT_NAME:

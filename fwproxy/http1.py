@@ -20,6 +20,7 @@ Events are tuples ``(kind, payload)``:
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import httptools
 
@@ -58,7 +59,13 @@ class RequestHead:
     """A parsed request head. ``target`` and ``method`` are raw bytes as received."""
 
     __slots__ = (
-        "method", "target", "version", "headers", "keep_alive", "chunked", "content_length",
+        "method",
+        "target",
+        "version",
+        "headers",
+        "keep_alive",
+        "chunked",
+        "content_length",
         "size",
     )
 
@@ -259,7 +266,7 @@ class RequestReader:
             # An Upgrade request (we never upgrade; the header is hop-by-hop): carry on with a
             # fresh parser, the message itself is complete.
             self._parser = httptools.HttpRequestParser(self)
-            last = heads[-1] if heads else None
+            last: Any = heads[-1] if heads else None
             if last is not None and last.has_body and events and events[-1][0] == END:
                 # httptools makes llhttp skip the body of an Upgrade request: that END is
                 # early, and the body must not be read as the next request. Prime the fresh

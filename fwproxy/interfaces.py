@@ -50,7 +50,7 @@ class IFilterFactory(IPlugin):
     level in a ``twisted/plugins/`` dropin to make the filter available by ``name``
     (``twisted.plugin.getPlugins`` finds it; this interface extends ``IPlugin`` for that)."""
 
-    name = Attribute("The short name used in ``[[filters]] name = ...``, e.g. ``\"acme.tagger\"``.")
+    name = Attribute('The short name used in ``[[filters]] name = ...``, e.g. ``"acme.tagger"``.')
 
     def build(options, context):  # type: ignore[no-untyped-def]
         """Return a new filter configured by ``options``.

@@ -49,7 +49,11 @@ def quoted(value: str) -> str:
 
 
 def squid(r: TransactionRecord) -> str:
-    hier = f"HIER_DIRECT/{field(r.upstream.rpartition(':')[0].strip('[]'))}" if r.upstream else "HIER_NONE/-"
+    hier = (
+        f"HIER_DIRECT/{field(r.upstream.rpartition(':')[0].strip('[]'))}"
+        if r.upstream
+        else "HIER_NONE/-"
+    )
     return (
         f"{r.started:.3f} {int(r.duration * 1000):6d} {field(r.client)} "
         f"{r.result}/{r.status:03d} {r.bytes_out} {field(r.method)} {field(r.target)} "
@@ -70,8 +74,8 @@ def _clf_time(t: float) -> str:
 def combined(r: TransactionRecord) -> str:
     request = quoted(f"{r.method} {r.target} HTTP/{r.version}")
     return (
-        f"{field(r.client)} - {field(r.user)} [{_clf_time(r.started)}] \"{request}\" "
-        f"{r.status} {r.bytes_out} \"{quoted(r.referer) or '-'}\" \"{quoted(r.user_agent) or '-'}\""
+        f'{field(r.client)} - {field(r.user)} [{_clf_time(r.started)}] "{request}" '
+        f'{r.status} {r.bytes_out} "{quoted(r.referer) or "-"}" "{quoted(r.user_agent) or "-"}"'
     )
 
 

@@ -248,7 +248,9 @@ class RelayTransaction(Transaction):
         self._waiting = None
         if self.done or f.check(CancelledError):
             return  # whoever cancelled has answered
-        if f.check(ierror.TimeoutError, ierror.UserError) or f.check(ierror.ConnectingCancelledError):
+        if f.check(ierror.TimeoutError, ierror.UserError) or f.check(
+            ierror.ConnectingCancelledError
+        ):
             self._error(504, f"timed out connecting to {self.request.authority}")
         elif f.check(ierror.ConnectionRefusedError):
             self._error(502, f"connection to {self.request.authority} refused")

@@ -14,8 +14,6 @@ upstream write buffer, a pending connection filter); it resumes only when none i
 
 from __future__ import annotations
 
-import ipaddress
-from collections import deque
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -26,9 +24,9 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from fwproxy import chain as _chain
-from fwproxy.chain import FilterChain
 from fwproxy.acl import client_ip
 from fwproxy.auth import Authenticator, HtpasswdChecker, make_portal
+from fwproxy.chain import FilterChain
 from fwproxy.config import AuthConfig, Config
 from fwproxy.http1 import END, ERROR, HEAD, REST, ProtocolError, RequestHead, RequestReader
 from fwproxy.message import Response
@@ -41,6 +39,9 @@ from fwproxy.tunnel import ConnectTransaction, Tunnel, TunnelUpstream
 from fwproxy.upstream import UpstreamPool
 
 log = Logger()
+
+
+_REASONS = {"queue": 1, "upstream": 2, "filter": 4, "connection-filter": 8}
 
 
 @implementer(IPushProducer)
@@ -66,18 +67,22 @@ class ProxyProtocol(Protocol):
     """One client connection."""
 
     factory: ProxyFactory
+    #: a TCP (or TLS, UNIX, PROXY-protocol) transport: IPushProducer and IHalfCloseable too
+    transport: Any
 
     def __init__(self, factory: ProxyFactory) -> None:
         self.factory = factory
         limits = factory.config.limits
         self.reader = RequestReader(limits.max_header_size, limits.max_headers, limits.max_target)
-        self.queue: deque[tuple[int, Any]] = deque()
+        # a list, not a deque: it holds a few events at most, and an idle connection (a tunnel)
+        # should cost as little memory as possible
+        self.queue: list[tuple[int, Any]] = []
         self.current: Transaction | None = None
         self.tunnel: Tunnel | None = None
         self.producer = _ReasonProducer(self, "upstream")
         self.client: tuple[str, int] = ("", 0)
         self.local: tuple[str, int] = ("", 0)
-        self._pauses: set[str] = set()
+        self._pauses = 0  # a bit per reason (see _REASONS)
         self._raw = False
         self._read_closed = False
         self._processing = False
@@ -185,7 +190,7 @@ class ProxyProtocol(Protocol):
                 )
             events = self.reader.feed(data)
             if events:
-                for kind, payload in events:
+                for kind, _ in events:
                     if kind == REST:
                         self._raw = True
                 self.queue.extend(events)
@@ -202,13 +207,13 @@ class ProxyProtocol(Protocol):
                 kind, payload = q[0]
                 cur = self.current
                 if cur is None:
-                    q.popleft()
+                    del q[0]
                     if kind == HEAD:
                         self._start(payload)
                     elif kind == ERROR:
                         self._protocol_error(payload)
                 elif cur.accepts(kind):
-                    q.popleft()
+                    del q[0]
                     cur.client_event(kind, payload)
                 else:
                     break
@@ -267,13 +272,18 @@ class ProxyProtocol(Protocol):
             self.timer.restart(self.factory.config.timeouts.client_idle, self._idle_timeout)
         self.process()
 
-    def start_tunnel(self, txn: ConnectTransaction, upstream: TunnelUpstream, idle: float) -> Tunnel:
+    def start_tunnel(
+        self, txn: ConnectTransaction, upstream: TunnelUpstream, idle: float
+    ) -> Tunnel:
         """The CONNECT succeeded: splice the client to ``upstream``."""
         tunnel = Tunnel(txn, upstream, idle)
         self.tunnel = tunnel
         early = [p for k, p in self.queue if k == REST]
         self.queue.clear()
-        self._pauses.clear()
+        self._pauses = 0
+        # the HTTP side of this connection is over: let go of what it held
+        self.reader = None  # type: ignore[assignment]
+        txn.release_head()
         for data in early:
             if data:
                 tunnel.client_data(data)
@@ -298,15 +308,18 @@ class ProxyProtocol(Protocol):
 
     # -- flow control ----------------------------------------------------------------------
     def pause_reason(self, reason: str) -> None:
+        """Stop reading from the client for ``reason`` ("queue", "upstream", "filter",
+        "connection-filter"); reading resumes when no reason is left."""
         if not self._pauses and self.transport is not None:
-            self.transport.pauseProducing()  # type: ignore[union-attr]
-        self._pauses.add(reason)
+            self.transport.pauseProducing()
+        self._pauses |= _REASONS[reason]
 
     def resume_reason(self, reason: str) -> None:
-        if reason in self._pauses:
-            self._pauses.discard(reason)
+        bit = _REASONS[reason]
+        if self._pauses & bit:
+            self._pauses &= ~bit
             if not self._pauses and self.transport is not None and not self._closing:
-                self.transport.resumeProducing()  # type: ignore[union-attr]
+                self.transport.resumeProducing()
 
     # -- closing ---------------------------------------------------------------------------
     def _close(self) -> None:
@@ -488,7 +501,8 @@ class ProxyFactory(Factory):
         tunnels = sum(1 for p in protos if p.tunnel is not None)
         log.warn(
             "fwproxy: drain timeout: cutting {n} connection(s) still busy ({t} tunnel(s))",
-            n=len(protos), t=tunnels,
+            n=len(protos),
+            t=tunnels,
         )
         for proto in protos:
             if proto.transport is not None:
@@ -537,7 +551,7 @@ class ProxyFactory(Factory):
             raise ValueError("[auth] has no htpasswd and no portal was given to ProxyFactory")
         return context
 
-    def buildProtocol(self, addr: Any) -> ProxyProtocol:
+    def buildProtocol(self, addr: Any) -> ProxyProtocol:  # type: ignore[override]
         p = ProxyProtocol(self)
         p.factory = self
         return p

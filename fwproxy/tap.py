@@ -66,8 +66,11 @@ class Options(usage.Options):
 
         def reload() -> Config:
             if listen:
-                bad = [f"--listen {e!r}: {_validate_endpoint(e)}" for e in listen
-                       if _validate_endpoint(e)]
+                bad = [
+                    f"--listen {e!r}: {_validate_endpoint(e)}"
+                    for e in listen
+                    if _validate_endpoint(e)
+                ]
                 if bad:
                     raise ConfigError(bad)
             config = load(path)

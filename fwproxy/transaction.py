@@ -99,8 +99,11 @@ class Transaction:
         head = self.head
         keep = head.keep_alive and not close and not head.has_body
         fields = list(response.headers.fields())
-        fields = [(k, v) for k, v in fields if k.lower() not in (b"content-length", b"connection",
-                                                                  b"transfer-encoding")]
+        fields = [
+            (k, v)
+            for k, v in fields
+            if k.lower() not in (b"content-length", b"connection", b"transfer-encoding")
+        ]
         fields.append((b"Content-Length", b"%d" % len(response.body)))
         if not keep:
             fields.append((b"Connection", b"close"))

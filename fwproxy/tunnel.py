@@ -15,9 +15,7 @@ from typing import Any
 
 from twisted.internet import error as ierror
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.interfaces import IHalfCloseableProtocol
-from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -27,6 +25,7 @@ from fwproxy.message import Headers, Request, Response
 from fwproxy.record import TCP_TUNNEL, TCP_TUNNEL_ABORTED
 from fwproxy.timer import Deadline
 from fwproxy.transaction import Transaction
+from fwproxy.upstream import ConnectingProtocol, connect_tcp
 
 ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
 
@@ -53,10 +52,11 @@ def parse_authority(target: bytes) -> tuple[str, int]:
 
 
 @implementer(IHalfCloseableProtocol)
-class TunnelUpstream(Protocol):
+class TunnelUpstream(ConnectingProtocol):
     """The proxy's connection to a CONNECT target; forwards everything to its tunnel."""
 
     tunnel: Tunnel | None = None
+    transport: Any
 
     def dataReceived(self, data: bytes) -> None:
         if self.tunnel is not None:
@@ -75,11 +75,6 @@ class TunnelUpstream(Protocol):
             tunnel.upstream_lost()
 
 
-class _TunnelFactory(Factory):
-    noisy = False
-    protocol = TunnelUpstream
-
-
 class Tunnel:
     """Splices the client's transport and the upstream's, with flow control and half-close."""
 
@@ -87,8 +82,8 @@ class Tunnel:
         self.txn = txn
         self.proto = txn.proto
         self.upstream = upstream
-        self.client_t = self.proto.transport
-        self.upstream_t = upstream.transport
+        self.client_t: Any = self.proto.transport
+        self.upstream_t: Any = upstream.transport
         self._client_eof = False
         self._upstream_eof = False
         self.closed = False
@@ -247,10 +242,11 @@ class ConnectTransaction(Transaction):
             self._error(400, f"{req.authority} is this proxy: refusing to loop")
             return
         address = addresses[0]
-        cls = TCP6ClientEndpoint if ":" in address else TCP4ClientEndpoint
-        endpoint = cls(self.clock, address, req.port, timeout=self.proto.factory.config.timeouts.connect)
-        self.upstream_address = f"[{address}]:{req.port}" if ":" in address else f"{address}:{req.port}"
-        d = endpoint.connect(_TunnelFactory())
+        self.upstream_address = (
+            f"[{address}]:{req.port}" if ":" in address else f"{address}:{req.port}"
+        )
+        timeout = self.proto.factory.config.timeouts.connect
+        d = connect_tcp(self.clock, address, req.port, TunnelUpstream, timeout)
         self._waiting = d
         d.addCallbacks(self._connected, self._connect_failed)
 
@@ -262,8 +258,8 @@ class ConnectTransaction(Transaction):
 
     def _connect_failed(self, f: Failure) -> None:
         self._waiting = None
-        if self.done:
-            return
+        if self.done or f.check(CancelledError):
+            return  # whoever cancelled has answered
         if f.check(ierror.TimeoutError, ierror.ConnectingCancelledError):
             self._error(504, f"timed out connecting to {self.request.authority}")
         elif f.check(ierror.ConnectionRefusedError):
@@ -285,6 +281,12 @@ class ConnectTransaction(Transaction):
         self.proto.transport.write(ESTABLISHED)
         idle = self.proto.factory.config.timeouts.tunnel_idle
         self.tunnel = self.proto.start_tunnel(self, upstream, idle)
+
+    def release_head(self) -> None:
+        """The tunnel is up: keep of the request only what its log record needs."""
+        keep = (b"user-agent", b"referer")
+        self.head.headers = [(k, v) for k, v in self.head.headers if k.lower() in keep]
+        self.request.headers = Headers()
 
     def tunnel_closed(self) -> None:
         self.request_done = True

@@ -10,7 +10,9 @@ addresses it is given (already resolved and checked).
 
 from __future__ import annotations
 
-from typing import Any, Protocol as TypingProtocol
+from collections.abc import Callable
+from typing import Any
+from typing import Protocol as TypingProtocol
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionDone
@@ -22,13 +24,60 @@ from fwproxy.http1 import Event, ResponseReader
 Key = tuple[str, int]
 
 
+class ConnectingProtocol(Protocol):
+    """A client protocol that fires the Deferred :func:`connect_tcp` returned once connected."""
+
+    _made: Deferred[Any] | None = None
+
+    def connectionMade(self) -> None:
+        made, self._made = self._made, None
+        if made is not None and not made.called:
+            made.callback(self)
+
+
+class _ConnectingFactory(ClientFactory):
+    noisy = False
+
+    def __init__(self, build: Callable[[], ConnectingProtocol], deferred: Deferred[Any]) -> None:
+        self.build = build
+        self.deferred = deferred
+
+    def buildProtocol(self, addr: Any) -> ConnectingProtocol:  # type: ignore[override]
+        proto = self.build()
+        proto._made = self.deferred
+        return proto
+
+    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        if not self.deferred.called:
+            self.deferred.errback(reason)
+
+
+def connect_tcp(
+    reactor: Any, address: str, port: int, build: Callable[[], ConnectingProtocol], timeout: float
+) -> Deferred[Any]:
+    """Connect to ``address`` (an IP literal: no name resolution here) and fire with the
+    protocol ``build()`` made, once connected. Straight ``reactor.connectTCP``: no endpoint
+    wrapper between the transport and the protocol. Cancelling stops the attempt."""
+    connector: list[Any] = []
+
+    def cancel(d: Deferred[Any]) -> None:
+        if connector:
+            connector[0].stopConnecting()
+
+    d: Deferred[Any] = Deferred(cancel)
+    connector.append(reactor.connectTCP(address, port, _ConnectingFactory(build, d), timeout))
+    return d
+
+
 class Handler(TypingProtocol):
     def upstream_events(self, events: list[Event]) -> None: ...
     def upstream_lost(self, reason: Failure) -> None: ...
 
 
-class UpstreamProtocol(Protocol):
+class UpstreamProtocol(ConnectingProtocol):
     """One connection to an origin; serves one request at a time."""
+
+    transport: Any
 
     def __init__(self, pool: UpstreamPool, key: Key) -> None:
         self.pool = pool
@@ -39,13 +88,14 @@ class UpstreamProtocol(Protocol):
         self.reused = False
         self.address = ""
         self._idle_call: Any = None
-        self._made: Deferred[UpstreamProtocol] | None = None
 
     def connectionMade(self) -> None:
         self.connected = True
         peer = self.transport.getPeer()  # type: ignore[union-attr]
         host = getattr(peer, "host", "")
-        self.address = f"[{host}]:{peer.port}" if ":" in host else f"{host}:{getattr(peer, 'port', 0)}"
+        self.address = (
+            f"[{host}]:{peer.port}" if ":" in host else f"{host}:{getattr(peer, 'port', 0)}"
+        )
         made, self._made = self._made, None
         if made is not None and not made.called:
             made.callback(self)
@@ -83,28 +133,7 @@ class UpstreamProtocol(Protocol):
     @property
     def reusable(self) -> bool:
         r = self.reader
-        return self.connected and r is not None and r.done and not r.extra and r.keep_alive
-
-
-class _UpstreamFactory(ClientFactory):
-    """Connects one upstream connection and fires ``deferred`` with its protocol (no endpoint
-    wrapper: the protocol receives the transport's bytes directly)."""
-
-    noisy = False
-
-    def __init__(self, pool: UpstreamPool, key: Key, deferred: Deferred[UpstreamProtocol]) -> None:
-        self.pool = pool
-        self.key = key
-        self.deferred = deferred
-
-    def buildProtocol(self, addr: Any) -> UpstreamProtocol:
-        proto = UpstreamProtocol(self.pool, self.key)
-        proto._made = self.deferred
-        return proto
-
-    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
-        if not self.deferred.called:
-            self.deferred.errback(reason)
+        return bool(self.connected and r is not None and r.done and not r.extra and r.keep_alive)
 
 
 class UpstreamPool:
@@ -188,16 +217,9 @@ class UpstreamPool:
 
     def connect(self, key: Key, address: str, timeout: float) -> Deferred[UpstreamProtocol]:
         """A new connection to ``address`` (an IP literal), port ``key[1]``."""
-        connector: list[Any] = []
-
-        def cancel(d: Deferred[Any]) -> None:
-            if connector:
-                connector[0].stopConnecting()
-
-        d: Deferred[UpstreamProtocol] = Deferred(cancel)
         self._open[key] = self._open.get(key, 0) + 1
-        connector.append(
-            self._reactor.connectTCP(address, key[1], _UpstreamFactory(self, key, d), timeout)
+        d = connect_tcp(
+            self._reactor, address, key[1], lambda: UpstreamProtocol(self, key), timeout
         )
 
         def failed(f: Any) -> Any:

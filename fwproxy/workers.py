@@ -114,8 +114,8 @@ def worker_main(argv: list[str]) -> None:
     from twisted.internet import reactor, stdio
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
-    from fwproxy.tap import Options
     from fwproxy.service import ProxyService
+    from fwproxy.tap import Options
 
     index = argv[argv.index("--worker-id") + 1]
     args = [a for i, a in enumerate(argv) if a != "--worker-id" and argv[i - 1] != "--worker-id"]
@@ -130,9 +130,7 @@ def worker_main(argv: list[str]) -> None:
                 reactor.stop()  # type: ignore[attr-defined]
 
     stdio.StandardIO(_Parent())
-    service = ProxyService(
-        config, reactor, reload=options.reloader(), signals=True, reuseport=True
-    )
+    service = ProxyService(config, reactor, reload=options.reloader(), signals=True, reuseport=True)
     service.worker_id = index
     reactor.callWhenRunning(service.startService)  # type: ignore[attr-defined]
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)  # type: ignore[attr-defined]

@@ -105,7 +105,9 @@ TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 
 def test_embedded_proxy_example(origin: int, tmp_path: Path) -> None:
     port = free_port()
-    proc = run([sys.executable, str(EXAMPLES / "embedded_proxy.py"), str(port)], env_with(), tmp_path)
+    proc = run(
+        [sys.executable, str(EXAMPLES / "embedded_proxy.py"), str(port)], env_with(), tmp_path
+    )
     try:
         wait_port(port, proc)
         status, _, body = get(port, f"http://127.0.0.1:{origin}/x")
@@ -141,8 +143,18 @@ def test_acme_tagger_installed_from_a_temporary_directory(origin: int, tmp_path:
     shutil.copytree(EXAMPLES / "acme_tagger", src)
     site = tmp_path / "site"
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-         "--target", str(site), str(src)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(site),
+            str(src),
+        ],
         check=True,
         capture_output=True,
     )
@@ -159,7 +171,10 @@ def test_acme_tagger_installed_from_a_temporary_directory(origin: int, tmp_path:
     env = env_with(site)
     check = subprocess.run(
         [sys.executable, "-m", "fwproxy.cli", "check-config", str(conf)],
-        env=env, capture_output=True, text=True, cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
     )
     assert check.returncode == 0, check.stderr
     proc = run([*TWISTD, "-n", "--pidfile=", "fwproxy", "--config", str(conf)], env, tmp_path)
@@ -183,7 +198,10 @@ def test_acme_tagger_bad_option_is_a_config_error(tmp_path: Path) -> None:
     )
     r = subprocess.run(
         [sys.executable, "-m", "fwproxy.cli", "check-config", str(conf)],
-        env=env_with(EXAMPLES / "acme_tagger"), capture_output=True, text=True, cwd=tmp_path,
+        env=env_with(EXAMPLES / "acme_tagger"),
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
     )
     assert r.returncode == 1
     assert r.stderr.strip().splitlines() == [

@@ -318,7 +318,7 @@ def test_chunk_serialisation_round_trips_through_the_reader(body, cuts):
     wire = request_head(b"POST", b"/", [(b"Transfer-Encoding", b"chunked")])
     wire += b"".join(b"".join(chunk(piece)) for piece in body) + LAST_CHUNK
     points = sorted({min(c, len(wire)) for c in cuts})
-    pieces = [wire[a:b] for a, b in zip([0, *points], [*points, len(wire)])]
+    pieces = [wire[a:b] for a, b in zip([0, *points], [*points, len(wire)], strict=True)]
     events = feed(RequestReader(), *pieces)
     got = b"".join(p for k, p in events if k == BODY)
     assert got == b"".join(body)

@@ -16,7 +16,12 @@ from typing import IO, Any
 
 from zope.interface import implementer, provider
 
-from fwproxy.interfaces import IFilterContext, IFilterFactory, IFilterLifecycle, ITransactionObserver
+from fwproxy.interfaces import (
+    IFilterContext,
+    IFilterFactory,
+    IFilterLifecycle,
+    ITransactionObserver,
+)
 from fwproxy.logformat import FORMATS
 from fwproxy.record import TransactionRecord
 
@@ -92,7 +97,7 @@ class AccessLogFactory:
         path = options.get("access", "-")
         fmt = options.get("format", "squid")
         if not isinstance(path, str) or not path:
-            raise ValueError("log.access: expected a file path or \"-\" for standard output")
+            raise ValueError('log.access: expected a file path or "-" for standard output')
         if fmt not in FORMATS:
             raise ValueError(f"log.format: {fmt!r} is not one of {', '.join(FORMATS)}")
         if path != "-":

@@ -22,7 +22,6 @@ from fwproxy.interfaces import IConnectFilter, IFilterContext, IFilterFactory, I
 from fwproxy.message import Request, Response
 from fwproxy.record import TCP_DENIED
 
-
 _AUTH_TRIED = "fwproxy.auth_tried"
 
 
@@ -104,7 +103,8 @@ class AclFilter:
     def _authenticated(self, request: Request, user: Any) -> Any:
         if user is RATE_LIMITED:
             return Response.text(
-                429, "fwproxy: too many failed authentication attempts; try again later",
+                429,
+                "fwproxy: too many failed authentication attempts; try again later",
                 TCP_DENIED,
             )
         request.notes[_AUTH_TRIED] = True
@@ -116,9 +116,7 @@ class AclFilter:
         if allowed:
             return None
         if self._auth is not None and request.notes.get(_AUTH_TRIED) and not request.user:
-            response = Response.text(
-                407, "fwproxy: proxy authentication required", TCP_DENIED
-            )
+            response = Response.text(407, "fwproxy: proxy authentication required", TCP_DENIED)
             response.headers.add(b"Proxy-Authenticate", self._auth.challenge())
             return response
         return denied(request)

@@ -54,7 +54,9 @@ class HeaderPolicy:
                 raise ValueError(f"{where}.{key}: unknown key (known: {', '.join(sorted(known))})")
         ff = options.get("forwarded_for", "delete")
         if ff not in FORWARDED_FOR:
-            raise ValueError(f"{where}.forwarded_for: {ff!r} is not one of {', '.join(FORWARDED_FOR)}")
+            raise ValueError(
+                f"{where}.forwarded_for: {ff!r} is not one of {', '.join(FORWARDED_FOR)}"
+            )
         via = options.get("via", False)
         if not isinstance(via, bool):
             raise ValueError(f"{where}.via: expected true or false, not {via!r}")
@@ -71,7 +73,7 @@ class HeaderPolicy:
         def pairs(key: str) -> tuple[tuple[bytes, bytes], ...]:
             v = options.get(key, {})
             if not isinstance(v, Mapping):
-                raise ValueError(f"{where}.{key}: expected a table of name = \"value\"")
+                raise ValueError(f'{where}.{key}: expected a table of name = "value"')
             out = []
             for n, val in v.items():
                 if not _token_ok(n):

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 #: the repository root (tests/attack/ is two levels down)
 REPO = Path(__file__).resolve().parents[2]
@@ -144,9 +145,16 @@ class _Reader:
         self.buf = bytearray()
         self.raw = raw
         self.cap = cap
+        self.reset = False
 
     def _fill(self, n: int = 65536) -> bool:
-        data = self.sock.recv(n)
+        if self.reset:
+            return False
+        try:
+            data = self.sock.recv(n)
+        except ConnectionError:
+            self.reset = True  # a reset is an end of stream here: keep what arrived
+            return False
         if not data:
             return False
         if len(self.raw) < self.cap:
@@ -214,7 +222,9 @@ class _Handler(socketserver.BaseRequestHandler):
                     if h in (b"\r\n", b"\n"):
                         break
                     headers.append(h.rstrip(b"\r\n"))
-                rec = Recorded(line.rstrip(b"\r\n"), headers, conn=conn_id, peer=self.client_address)
+                rec = Recorded(
+                    line.rstrip(b"\r\n"), headers, conn=conn_id, peer=self.client_address
+                )
                 if not owner.serve_one(rec, r, sock):
                     return
         except (OSError, _Abort, ValueError):
@@ -339,6 +349,7 @@ class OriginServer(_Server):
         if rec.headers("expect") and rec.headers("expect")[0].lower() == b"100-continue":
             sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
         rate = float(seg[2]) if name == "slowupload" and len(seg) > 2 else 0.0
+        rec.complete = False  # until the whole body is in (a reset raises out of the read)
         try:
             rec.body, rec.complete = self._read_body(rec, r, rate)
         finally:
@@ -384,7 +395,9 @@ class OriginServer(_Server):
         return b"", True
 
     @staticmethod
-    def _send(sock, status: int, headers: list[tuple[str, str]], body: bytes, keep: bool, head: bool):
+    def _send(
+        sock, status: int, headers: list[tuple[str, str]], body: bytes, keep: bool, head: bool
+    ):
         lines = [f"HTTP/1.1 {status} {'OK' if status < 300 else 'Other'}"]
         lines += [f"{k}: {v}" for k, v in headers]
         if not keep:
@@ -421,8 +434,11 @@ class OriginServer(_Server):
             return keep
         if name == "chunked":
             body = pattern(int(arg(2)))
-            out = [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n"
-                   + (b"" if keep else b"Connection: close\r\n") + b"\r\n"]
+            out = [
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n"
+                + (b"" if keep else b"Connection: close\r\n")
+                + b"\r\n"
+            ]
             if not head:
                 for i in range(0, len(body), 7777):
                     piece = body[i : i + 7777]
@@ -446,7 +462,9 @@ class OriginServer(_Server):
             sock.sendall(f"HTTP/1.1 200 OK\r\nContent-Length: {n}\r\n\r\n".encode())
             sock.sendall(pattern(n)[: n // 2])
             time.sleep(0.2)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            sock.setsockopt(
+                socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+            )
             sock.close()
             raise _Abort()
         if name == "sleep":
@@ -455,9 +473,7 @@ class OriginServer(_Server):
         if name == "raw":
             data, close = self.raw_responses[arg(2, "")]
             sock.sendall(data)
-            if close:
-                return False
-            return True
+            return not close
         if name == "headers":
             body = b"\n".join(rec.header_lines)
             return self._send(sock, 200, [("Content-Length", str(len(body)))], body, keep, head)
@@ -553,6 +569,15 @@ class Conn:
         self.eof = False
         self.reset = False
 
+    @classmethod
+    def wrap(cls, sock: socket.socket) -> Conn:
+        """A :class:`Conn` over an already connected socket."""
+        c = cls.__new__(cls)
+        c.sock = sock
+        c.buf = bytearray()
+        c.eof = c.reset = False
+        return c
+
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
 
@@ -561,10 +586,12 @@ class Conn:
 
     def abort(self) -> None:
         """Close with a TCP RST."""
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        self.sock.setsockopt(
+            socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+        )
         self.sock.close()
 
-    def __enter__(self) -> Conn:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -680,7 +707,7 @@ class Conn:
             self.sock.settimeout(left)
             try:
                 self._fill()
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 return False
         return True
 
@@ -690,8 +717,13 @@ class Conn:
         return out
 
 
-def request_bytes(method: str, target: str, headers: Sequence[tuple[str, str]] = (),
-                  body: bytes = b"", version: str = "HTTP/1.1") -> bytes:
+def request_bytes(
+    method: str,
+    target: str,
+    headers: Sequence[tuple[str, str]] = (),
+    body: bytes = b"",
+    version: str = "HTTP/1.1",
+) -> bytes:
     lines = [f"{method} {target} {version}"]
     lines += [f"{k}: {v}" for k, v in headers]
     if body and not any(k.lower() in ("content-length", "transfer-encoding") for k, _ in headers):
@@ -699,9 +731,14 @@ def request_bytes(method: str, target: str, headers: Sequence[tuple[str, str]] =
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
-def fetch(address: tuple[str, int], url: str, method: str = "GET",
-          headers: Sequence[tuple[str, str]] = (), body: bytes = b"",
-          timeout: float = 10.0) -> Response:
+def fetch(
+    address: tuple[str, int],
+    url: str,
+    method: str = "GET",
+    headers: Sequence[tuple[str, str]] = (),
+    body: bytes = b"",
+    timeout: float = 10.0,
+) -> Response:
     """One request with ``Connection: close`` on a fresh connection."""
     host = url.split("://", 1)[-1].split("/", 1)[0]
     hs = [("Host", host), *headers, ("Connection", "close")]
@@ -733,8 +770,15 @@ def proxy_config(
     backlog: int | None = None,
 ) -> str:
     """A TOML configuration for a proxy on 127.0.0.1:``port`` serving loopback clients."""
-    t = {"connect": 5, "request_header": 10, "client_idle": 30, "upstream_first_byte": 10,
-         "read": 30, "tunnel_idle": 30, "drain": 5}
+    t = {
+        "connect": 5,
+        "request_header": 10,
+        "client_idle": 30,
+        "upstream_first_byte": 10,
+        "read": 30,
+        "tunnel_idle": 30,
+        "drain": 5,
+    }
     t.update(timeouts or {})
     listen = f"tcp:{port}:interface=127.0.0.1" + (f":backlog={backlog}" if backlog else "")
     if rules is None:
@@ -798,8 +842,15 @@ def _clk_tck() -> int:
 class ProxyProcess:
     """A running ``twistd -n --pidfile= fwproxy --config FILE``."""
 
-    def __init__(self, proc: subprocess.Popen, port: int, config_path: Path, output_path: Path,
-                 out, access_log: Path | None) -> None:
+    def __init__(
+        self,
+        proc: subprocess.Popen,
+        port: int,
+        config_path: Path,
+        output_path: Path,
+        out,
+        access_log: Path | None,
+    ) -> None:
         self.proc = proc
         self.host = "127.0.0.1"
         self.port = port
@@ -902,9 +953,16 @@ class ProxyLauncher:
         self.running: list[ProxyProcess] = []
         self._n = 0
 
-    def start(self, config: str | None = None, *, port: int | None = None,
-              access_log: Path | None = None, preexec_fn: Callable[[], None] | None = None,
-              wait: bool = True, **config_options: object) -> ProxyProcess:
+    def start(
+        self,
+        config: str | None = None,
+        *,
+        port: int | None = None,
+        access_log: Path | None = None,
+        preexec_fn: Callable[[], None] | None = None,
+        wait: bool = True,
+        **config_options: object,
+    ) -> ProxyProcess:
         """Start a proxy with ``config`` (TOML text) or one made by :func:`proxy_config`
         from ``config_options`` on a free port (logging access to a file)."""
         self._n += 1
@@ -926,7 +984,7 @@ class ProxyLauncher:
             stderr=subprocess.STDOUT,
             env=child_env(),
             cwd=str(self.directory),
-            preexec_fn=preexec_fn,
+            preexec_fn=preexec_fn,  # noqa: PLW1509 - setrlimit in the child, as asked
         )
         p = ProxyProcess(proc, port, config_path, output_path, out, access_log)
         self.running.append(p)
