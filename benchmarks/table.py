@@ -7,8 +7,8 @@ Raw line forms:  `params key=value ...`, `LABEL metric value [unit]`, `LABEL ski
 
 import sys
 
-ORDER = ["direct", "fwproxy", "squid", "tinyproxy", "proxy.py"]
-HEAD = {"direct": "no proxy"}
+ORDER = ["direct", "fwproxy", "fwproxy-workers", "squid", "tinyproxy", "proxy.py"]
+HEAD = {"direct": "no proxy", "fwproxy-workers": "fwproxy --workers auto"}
 RATIOS = ["squid", "proxy.py"]
 
 
@@ -124,7 +124,12 @@ def main(path):
                         "after each response (no keep-alive), so wrk reconnected"
                     )
                 notes.append(note)
-    head = ["figure"] + [HEAD.get(c, c) for c in cols] + [f"fwproxy / {r}" for r in RATIOS]
+    head = (
+        ["figure"]
+        + [HEAD.get(c, c) for c in cols]
+        + [f"fwproxy / {r}" for r in RATIOS]
+        + ["fwproxy --workers auto / squid"]
+    )
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for key, title, fmt in rows:
         cells = [title]
@@ -141,6 +146,12 @@ def main(path):
             else:
                 r = fw / pv
                 cells.append(f"{r:.2f}×" if r >= 0.1 or r == 0 else f"{r:.2g}×")
+        fww = num(data.get("fwproxy-workers", {}).get(key))
+        sq = num(data.get("squid", {}).get(key))
+        if fww is None or not sq:
+            cells.append("—")
+        else:
+            cells.append(f"{fww / sq:.2f}×")
         out.append("| " + " | ".join(cells) + " |")
     out.append("")
     out.append(

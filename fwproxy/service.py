@@ -13,6 +13,7 @@ invalid one is logged and the running one kept) and SIGUSR1 re-opens the log fil
 
 from __future__ import annotations
 
+import gc
 import signal
 from collections.abc import Callable
 from typing import Any
@@ -89,6 +90,11 @@ class ProxyService(Service):
                 self._previous[signum] = signal.signal(
                     signum, lambda *_, a=action: self.reactor.callFromThread(a)
                 )
+            # This process is ours (twistd, a worker): move everything start-up made out of
+            # the garbage collector's sight, so its full collections stay short (they set the
+            # p99 latency under load).
+            gc.collect()
+            gc.freeze()
 
     def _listening(self, port: Any) -> None:
         self.ports.append(port)
