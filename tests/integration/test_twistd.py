@@ -128,6 +128,8 @@ BAD_CONFIGS = {
 
 def _run_bad(cmd: list[str], port: int, cwd) -> tuple[int, str]:
     """Run a twistd that must fail; meanwhile ``port`` must never accept. Bounded: 30 s."""
+    if port_accepts("127.0.0.1", port, 0.2):
+        pytest.skip(f"something else already listens on 127.0.0.1:{port}")
     proc = subprocess.Popen(
         cmd,
         stdin=subprocess.DEVNULL,
