@@ -156,6 +156,9 @@ class RelayTransaction(Transaction):
         self._waiting = d
         proto = self.proto
         proto.pause_reason("filter")
+        if self.state == FILTERING:
+            # a filter resolving a name (a dst rule) or asking a service: bounded like a connect
+            proto.timer.restart(proto.factory.config.timeouts.connect, self._decide_timeout)
 
         def done(value: Any) -> None:
             self._waiting = None
@@ -237,6 +240,11 @@ class RelayTransaction(Transaction):
         )
         self._waiting = d
         d.addCallbacks(self._connected, self._connect_failed)
+
+    def _decide_timeout(self) -> None:
+        # answer first: finishing cancels the pending Deferred, whose callbacks then see that
+        # the transaction is done (a cancelled lookup may otherwise read as "no addresses")
+        self._error(504, "timed out deciding on the request (name resolution or a filter)")
 
     def _connect_timeout(self) -> None:
         if self._waiting is not None:

@@ -101,7 +101,7 @@ class ProxyProtocol(Protocol):
             t.setTcpNoDelay(True)  # type: ignore[union-attr]
         except (AttributeError, OSError):
             pass
-        refusal = self.factory.admit(self)
+        refusal = self.factory.admit(self) or self.factory.admit_client(self)
         if refusal is not None:
             self._refuse(refusal)
             return
@@ -125,11 +125,15 @@ class ProxyProtocol(Protocol):
         listener has parsed its header by now). Per-client limits and connection filters run
         here. Returns whether the bytes may be read now."""
         self._identified = True
+        before = self.client[0]
         self._address()
-        refusal = self.factory.admit_client(self)
-        if refusal is not None:
-            self._refuse(refusal)
-            return False
+        if self.client[0] != before:
+            # a PROXY-protocol header named the real client: count it, not the balancer
+            self.factory.forget_client(self)
+            refusal = self.factory.admit_client(self)
+            if refusal is not None:
+                self._refuse(refusal)
+                return False
         hooks = self.factory.chain.connection
         if not hooks:
             return True
@@ -260,7 +264,8 @@ class ProxyProtocol(Protocol):
         self.current = None
         if txn.logged:
             self.factory.observe(txn)
-        if not keep_alive or self._raw or self.tunnel is not None or self.factory.draining:
+        raw_done = self._raw and not any(k == HEAD for k, _ in self.queue)
+        if not keep_alive or raw_done or self.tunnel is not None or self.factory.draining:
             self._close()
             return
         if self.reader.head_started:
@@ -462,7 +467,7 @@ class ProxyFactory(Factory):
             b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body
         )
 
-    def forget(self, proto: ProxyProtocol) -> None:
+    def forget_client(self, proto: ProxyProtocol) -> None:
         host = proto._client_counted
         if host:
             proto._client_counted = ""
@@ -471,6 +476,9 @@ class ProxyFactory(Factory):
                 self._per_client[host] = n
             else:
                 self._per_client.pop(host, None)
+
+    def forget(self, proto: ProxyProtocol) -> None:
+        self.forget_client(proto)
         if proto in self.connections:
             self.connections.discard(proto)
             if not self.connections:

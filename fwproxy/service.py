@@ -143,6 +143,13 @@ class ProxyService(Service):
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()
+        if self._signals and getattr(self.reactor, "_exitSignal", None) in (
+            signal.SIGTERM,
+            signal.SIGINT,
+        ):
+            # Twisted's own handler ran (it replaces ours when the reactor starts): it would
+            # re-raise the signal at exit. A drained stop is a clean exit: status 0.
+            self.reactor._exitSignal = None
         for signum, previous in self._previous.items():
             signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
         self._previous.clear()

@@ -200,6 +200,9 @@ class ConnectTransaction(Transaction):
         self._waiting = d
         proto = self.proto
         proto.pause_reason("filter")
+        if self.timer is None:
+            # still deciding (a dst rule resolving a name, or a slow filter): bounded like a connect
+            proto.timer.restart(proto.factory.config.timeouts.connect, self._decide_timeout)
 
         def done(value: Any) -> Any:
             self._waiting = None
@@ -249,6 +252,11 @@ class ConnectTransaction(Transaction):
         d = connect_tcp(self.clock, address, req.port, TunnelUpstream, timeout)
         self._waiting = d
         d.addCallbacks(self._connected, self._connect_failed)
+
+    def _decide_timeout(self) -> None:
+        # answer first: finishing cancels the pending Deferred, whose callbacks then see that
+        # the transaction is done (a cancelled lookup may otherwise read as "no addresses")
+        self._error(504, "timed out deciding on the request (name resolution or a filter)")
 
     def _timeout(self) -> None:
         if self._waiting is not None:

@@ -376,6 +376,8 @@ def test_max_connections_per_client(proxies: ProxyLauncher, origin: OriginServer
     503 and is closed; the five are still served; once one closes, a new one is admitted."""
     p = proxies.start(limits={"max_connections_per_client": 5})
     o = origin
+    # the start-up probe's connection counts until the proxy has seen it close
+    time.sleep(0.3)
     held = [Conn(p.address, timeout=10) for _ in range(5)]
     try:
         for c in held:
@@ -412,6 +414,8 @@ def test_max_connections_per_client_counts_silent_connections(
     connections for ``request_header`` seconds each, which is what the limit is for."""
     p = proxies.start(limits={"max_connections_per_client": 5})
     o = origin
+    # the start-up probe's connection counts until the proxy has seen it close
+    time.sleep(0.3)
     held = [Conn(p.address, timeout=10) for _ in range(5)]
     try:
         time.sleep(0.3)
