@@ -92,9 +92,15 @@ class Headers:
     def remove(self, name: HeaderName) -> int:
         """Remove every field called ``name``; return how many were removed."""
         low = _b(name).lower()
-        before = len(self._fields)
-        self._fields[:] = [(k, v) for k, v in self._fields if k.lower() != low]
-        return before - len(self._fields)
+        fields = self._fields
+        for k, _ in fields:
+            if k.lower() == low:
+                break
+        else:
+            return 0  # the usual case: nothing to remove, no new list
+        before = len(fields)
+        fields[:] = [(k, v) for k, v in fields if k.lower() != low]
+        return before - len(fields)
 
     def copy(self) -> Headers:
         return Headers._adopt(list(self._fields))

@@ -26,6 +26,7 @@ from fwproxy.message import Headers, Request, Response
 from fwproxy.record import TCP_MISS, TCP_MISS_ABORTED
 from fwproxy.timer import Deadline  # noqa: F401 - the type of self.timer
 from fwproxy.transaction import USAGE, Transaction
+from fwproxy.tunnel import STREAM_BUFFER
 from fwproxy.upstream import UpstreamProtocol
 
 # states
@@ -183,12 +184,12 @@ class RelayTransaction(Transaction):
         factory = self.proto.factory
         # the connection's deadline is idle during a transaction: reuse it (no timer per request)
         self.timer = self.proto.timer
-        self.timer.restart(factory.config.timeouts.connect, self._connect_timeout)
         if req.addresses is not None:
             self._resolved(req.addresses)
             return
         result = factory.resolver.resolve(req.host)
         if isinstance(result, Deferred):
+            self._arm_connect()
             self._wait(result, self._resolved)
         else:
             self._resolved(result)
@@ -215,6 +216,7 @@ class RelayTransaction(Transaction):
         if conn is not None:
             self._connected(conn)
         elif pool.at_limit(key):
+            self._arm_connect()
             d = pool.wait(key, req.addresses)
             self._waiting = d
             d.addCallback(self._handed).addErrback(lambda f: f.trap(CancelledError))
@@ -234,12 +236,20 @@ class RelayTransaction(Transaction):
             self._acquire()
 
     def _connect(self, address: str) -> None:
+        self._arm_connect()
         req = self.request
         d = self.proto.factory.pool.connect(
             (req.host, req.port), address, self.proto.factory.config.timeouts.connect
         )
         self._waiting = d
         d.addCallbacks(self._connected, self._connect_failed)
+
+    def _arm_connect(self) -> None:
+        """Name resolution and connecting (not needed for a pooled connection) share one
+        ``timeouts.connect`` budget."""
+        timer = self.timer
+        if timer is not None and timer.expired != self._connect_timeout:
+            timer.restart(self.proto.factory.config.timeouts.connect, self._connect_timeout)
 
     def _decide_timeout(self) -> None:
         # answer first: finishing cancels the pending Deferred, whose callbacks then see that
@@ -458,7 +468,13 @@ class RelayTransaction(Transaction):
         self.bytes_out += len(data)
         self._out.append(data)
         if kind != "none":
-            self.proto.transport.registerProducer(self.upstream.transport, True)  # type: ignore[union-attr]
+            up = self.upstream.transport  # type: ignore[union-attr]
+            if kind != "length" or (rh.content_length or 0) > STREAM_BUFFER:
+                # a large body: stream it in bigger pieces, as a tunnel does
+                for t in (self.proto.transport, up):
+                    if hasattr(t, "bufferSize"):
+                        t.bufferSize = STREAM_BUFFER
+            self.proto.transport.registerProducer(up, True)
             self._producing = True
 
     def _body(self, data: bytes) -> None:

@@ -132,7 +132,9 @@ class HeadersFilter:
     def requestReceived(self, request: Request) -> None:
         p = self.policy
         h = request.headers
-        if p.forwarded_for != "transparent":
+        if p.forwarded_for == "delete":
+            h.remove(_XFF)
+        elif p.forwarded_for != "transparent":
             value = forwarded_for(p.forwarded_for, h.get_all(_XFF), request.client[0])
             h.remove(_XFF)
             if value is not None:
