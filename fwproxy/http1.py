@@ -518,7 +518,7 @@ def proxy_credentials(fields: Iterable[tuple[bytes, bytes]]) -> bytes | None:
 
 
 def _fields(fields: Iterable[tuple[bytes, bytes]]) -> bytes:
-    return b"".join([k + b": " + v + b"\r\n" for k, v in fields])
+    return b"".join([b"%s: %s\r\n" % f for f in fields])
 
 
 def request_head(method: bytes, target: bytes, fields: Iterable[tuple[bytes, bytes]]) -> bytes:

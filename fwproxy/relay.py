@@ -112,6 +112,7 @@ class RelayTransaction(Transaction):
             return
         fields = http1.end_to_end(head.headers)
         placed = False
+        duplicate = False
         for i, (k, _) in enumerate(fields):
             if len(k) == 4 and k.lower() == b"host":
                 if not placed:
@@ -119,9 +120,10 @@ class RelayTransaction(Transaction):
                     placed = True
                 else:
                     fields[i] = (b"", b"")
-        if placed:
+                    duplicate = True
+        if duplicate:
             fields = [f for f in fields if f[0]]
-        else:
+        elif not placed:
             fields.insert(0, (b"Host", host_header))
         self.request = request = Request(
             head.method.decode("latin-1"),

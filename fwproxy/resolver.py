@@ -8,22 +8,18 @@ so a busy proxy does not ask the system resolver once per request.
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IResolutionReceiver
 from zope.interface import implementer
 
+from fwproxy.acl import client_ip
 from fwproxy.interfaces import IResolver
 
 
 def is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
+    return client_ip(host) is not None  # cached: this is asked for every request
 
 
 @implementer(IResolutionReceiver)
