@@ -16,7 +16,6 @@ from __future__ import annotations
 from typing import Any
 
 import httptools
-from twisted.internet import error as ierror
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.python.failure import Failure
 
@@ -154,28 +153,8 @@ class RelayTransaction(Transaction):
         else:
             self._filtered(result)
 
-    def _wait(self, d: Deferred[Any], callback: Any) -> None:
-        """Wait for a hook's (or the resolver's) Deferred; read nothing from the client meanwhile."""
-        self._waiting = d
-        proto = self.proto
-        proto.pause_reason("filter")
-        if self.state == FILTERING:
-            # a filter resolving a name (a dst rule) or asking a service: bounded like a connect
-            proto.timer.restart(proto.factory.config.timeouts.connect, self._decide_timeout)
-
-        def done(value: Any) -> None:
-            self._waiting = None
-            proto.resume_reason("filter")
-            if not self.done:
-                callback(value)
-
-        def failed(f: Failure) -> None:
-            self._waiting = None
-            proto.resume_reason("filter")
-            if not self.done and not f.check(CancelledError):
-                self.fail(f)
-
-        d.addCallback(done).addErrback(failed)
+    def deciding(self) -> bool:
+        return self.state == FILTERING
 
     def _filtered(self, answer: Response | None) -> None:
         if answer is not None:
@@ -253,29 +232,11 @@ class RelayTransaction(Transaction):
         if timer is not None and timer.expired != self._connect_timeout:
             timer.restart(self.proto.factory.config.timeouts.connect, self._connect_timeout)
 
-    def _decide_timeout(self) -> None:
-        # answer first: finishing cancels the pending Deferred, whose callbacks then see that
-        # the transaction is done (a cancelled lookup may otherwise read as "no addresses")
-        self._error(504, "timed out deciding on the request (name resolution or a filter)")
-
     def _connect_timeout(self) -> None:
         if self._waiting is not None:
             d, self._waiting = self._waiting, None
             d.cancel()
         self._error(504, f"timed out connecting to {self.request.authority}")
-
-    def _connect_failed(self, f: Failure) -> None:
-        self._waiting = None
-        if self.done or f.check(CancelledError):
-            return  # whoever cancelled has answered
-        if f.check(ierror.TimeoutError, ierror.UserError) or f.check(
-            ierror.ConnectingCancelledError
-        ):
-            self._error(504, f"timed out connecting to {self.request.authority}")
-        elif f.check(ierror.ConnectionRefusedError):
-            self._error(502, f"connection to {self.request.authority} refused")
-        else:
-            self._error(502, f"cannot connect to {self.request.authority}: {f.getErrorMessage()}")
 
     def _connected(self, conn: UpstreamProtocol) -> None:
         self._waiting = None

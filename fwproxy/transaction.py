@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from twisted.internet import error as ierror
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -124,6 +126,58 @@ class Transaction:
             self.discarding = True
             return
         self.finish(keep)
+
+    # -- waiting on Deferreds (filters, the resolver, connecting) -------------------------
+    _waiting: Deferred[Any] | None = None
+
+    def deciding(self) -> bool:
+        """Whether the request is still being decided on (filters, a dst rule's lookup)."""
+        return False
+
+    def _wait(self, d: Deferred[Any], callback: Any) -> None:
+        """Wait for a hook's (or the resolver's) Deferred; read nothing from the client
+        meanwhile. While deciding, the wait is bounded like a connect (504)."""
+        self._waiting = d
+        proto = self.proto
+        proto.pause_reason("filter")
+        if self.deciding():
+            proto.timer.restart(proto.factory.config.timeouts.connect, self._decide_timeout)
+
+        def done(value: Any) -> None:
+            self._waiting = None
+            proto.resume_reason("filter")
+            if not self.done:
+                callback(value)
+
+        def failed(f: Failure) -> None:
+            self._waiting = None
+            proto.resume_reason("filter")
+            if not self.done and not f.check(CancelledError):
+                self.fail(f)
+
+        d.addCallback(done).addErrback(failed)
+
+    def _decide_timeout(self) -> None:
+        # answer first: finishing cancels the pending Deferred, whose callbacks then see that
+        # the transaction is done (a cancelled lookup may otherwise read as "no addresses")
+        self._error(504, "timed out deciding on the request (name resolution or a filter)")
+
+    def _connect_failed(self, f: Failure) -> None:
+        """Connecting upstream failed: refused or unreachable → 502, timed out → 504."""
+        self._waiting = None
+        if self.done or f.check(CancelledError):
+            return  # whoever cancelled has answered
+        authority = self.request.authority
+        if f.check(ierror.TimeoutError, ierror.ConnectingCancelledError, ierror.UserError):
+            self._error(504, f"timed out connecting to {authority}")
+        elif f.check(ierror.ConnectionRefusedError):
+            self._error(502, f"connection to {authority} refused")
+        else:
+            self._error(502, f"cannot connect to {authority}: {f.getErrorMessage()}")
+
+    def _error(self, status: int, message: str) -> None:
+        """Answer ``status`` with a one-line ``message`` (subclasses refine)."""
+        self.answer(Response.text(status, f"fwproxy: {message}"), close=True)
 
     def flush(self) -> None:
         """Send output a subclass holds back (see RelayTransaction)."""

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet import error as ierror
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -204,28 +203,8 @@ class ConnectTransaction(Transaction):
         else:
             self._filtered(result)
 
-    def _wait(self, d: Deferred[Any], callback: Any) -> None:
-        """Wait for a hook's (or the resolver's) Deferred; read nothing from the client meanwhile."""
-        self._waiting = d
-        proto = self.proto
-        proto.pause_reason("filter")
-        if self.timer is None:
-            # still deciding (a dst rule resolving a name, or a slow filter): bounded like a connect
-            proto.timer.restart(proto.factory.config.timeouts.connect, self._decide_timeout)
-
-        def done(value: Any) -> Any:
-            self._waiting = None
-            proto.resume_reason("filter")
-            if not self.done:
-                callback(value)
-
-        def failed(f: Failure) -> None:
-            self._waiting = None
-            proto.resume_reason("filter")
-            if not self.done and not f.check(CancelledError):
-                self.fail(f)
-
-        d.addCallback(done).addErrback(failed)
+    def deciding(self) -> bool:
+        return self.timer is None and self.status == 0
 
     def _filtered(self, answer: Response | None) -> None:
         if answer is not None:
@@ -262,27 +241,11 @@ class ConnectTransaction(Transaction):
         self._waiting = d
         d.addCallbacks(self._connected, self._connect_failed)
 
-    def _decide_timeout(self) -> None:
-        # answer first: finishing cancels the pending Deferred, whose callbacks then see that
-        # the transaction is done (a cancelled lookup may otherwise read as "no addresses")
-        self._error(504, "timed out deciding on the request (name resolution or a filter)")
-
     def _timeout(self) -> None:
         if self._waiting is not None:
             d, self._waiting = self._waiting, None
             d.cancel()
         self._error(504, f"timed out connecting to {self.request.authority}")
-
-    def _connect_failed(self, f: Failure) -> None:
-        self._waiting = None
-        if self.done or f.check(CancelledError):
-            return  # whoever cancelled has answered
-        if f.check(ierror.TimeoutError, ierror.ConnectingCancelledError):
-            self._error(504, f"timed out connecting to {self.request.authority}")
-        elif f.check(ierror.ConnectionRefusedError):
-            self._error(502, f"connection to {self.request.authority} refused")
-        else:
-            self._error(502, f"cannot connect to {self.request.authority}: {f.getErrorMessage()}")
 
     def _error(self, status: int, message: str) -> None:
         self.upstream_address = ""
