@@ -112,13 +112,6 @@ def _networks(name: str, kind: str, values: object) -> tuple[IPNetwork, ...]:
     return tuple(nets)
 
 
-def _in(ip: IPAddress, nets: Sequence[IPNetwork]) -> bool:
-    for net in nets:
-        if ip.version == net.version and ip in net:
-            return True
-    return False
-
-
 class NetworkSet:
     """Networks compiled to ``(address, mask)`` integers: membership in a few integer
     operations instead of ``ipaddress``'s property look-ups (this is on every request)."""

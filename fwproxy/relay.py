@@ -23,7 +23,7 @@ from fwproxy import chain, http1, writes
 from fwproxy.http1 import BODY, END, ERROR, HEAD, INTERIM, ProtocolError, ResponseHead
 from fwproxy.message import Headers, Request, Response
 from fwproxy.record import TCP_MISS, TCP_MISS_ABORTED
-from fwproxy.timer import Deadline  # noqa: F401 - the type of self.timer
+from fwproxy.timer import Deadline
 from fwproxy.transaction import USAGE, Transaction
 from fwproxy.tunnel import STREAM_BUFFER
 from fwproxy.upstream import UpstreamProtocol
