@@ -66,7 +66,10 @@ class IFilterFactory(IPlugin):
 
 
 class IConnectionFilter(Interface):
-    """Sees each new client connection before any byte of it is read."""
+    """Sees each client connection when its first bytes arrive, before any of them is parsed
+    (behind a PROXY-protocol listener, once its header has named the real client). A
+    connection that sends nothing is never seen (nor logged); it is closed at
+    ``timeouts.request_header``."""
 
     def clientConnected(client, local):  # type: ignore[no-untyped-def]
         """A client connected.

@@ -39,17 +39,22 @@ class _ConnectingFactory(ClientFactory):
     noisy = False
 
     def __init__(self, build: Callable[[], ConnectingProtocol], deferred: Deferred[Any]) -> None:
-        self.build = build
-        self.deferred = deferred
+        self.build: Callable[[], ConnectingProtocol] | None = build
+        self.deferred: Deferred[Any] | None = deferred
 
     def buildProtocol(self, addr: Any) -> ConnectingProtocol:  # type: ignore[override]
+        assert self.build is not None
         proto = self.build()
         proto._made = self.deferred
+        # the transport keeps its connector, and the connector this factory, for the whole
+        # connection: let go of what is only needed to connect
+        self.build = self.deferred = None
         return proto
 
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
-        if not self.deferred.called:
-            self.deferred.errback(reason)
+        d, self.deferred = self.deferred, None
+        if d is not None and not d.called:
+            d.errback(reason)
 
 
 def connect_tcp(
