@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import pytest
 from twisted.internet import error as ierror
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
@@ -146,17 +147,11 @@ class Recorder:
         self.records.append(record)
 
 
-class Client:
-    """One client connection to the proxy."""
+class _Connection:
+    """What both ends of the proxy look like from a test: a :class:`FakeTransport` whose
+    written bytes can be read, and whose state tells whether the proxy closed or paused it."""
 
-    def __init__(self, harness: Harness, peer: tuple[str, int], local: tuple[str, int]) -> None:
-        self.transport = FakeTransport(address(*local), address(*peer))
-        self.proto = harness.factory.buildProtocol(address(*peer))
-        self.transport.protocol = self.proto
-        self.proto.makeConnection(self.transport)
-
-    def send(self, data: bytes) -> None:
-        self.proto.dataReceived(data)
+    transport: FakeTransport
 
     def received(self) -> bytes:
         return self.transport.value()
@@ -171,8 +166,21 @@ class Client:
 
     @property
     def paused(self) -> bool:
-        """The proxy stopped reading from this client."""
+        """The proxy stopped reading from this connection."""
         return self.transport.producerState == "paused"
+
+
+class Client(_Connection):
+    """One client connection to the proxy."""
+
+    def __init__(self, harness: Harness, peer: tuple[str, int], local: tuple[str, int]) -> None:
+        self.transport = FakeTransport(address(*local), address(*peer))
+        self.proto = harness.factory.buildProtocol(address(*peer))
+        self.transport.protocol = self.proto
+        self.proto.makeConnection(self.transport)
+
+    def send(self, data: bytes) -> None:
+        self.proto.dataReceived(data)
 
     def shutdown_write(self) -> None:
         """The client half-closes (sends FIN)."""
@@ -184,7 +192,7 @@ class Client:
         self.proto.connectionLost(Failure(reason()))
 
 
-class Upstream:
+class Upstream(_Connection):
     """One upstream connection, completed by hand from ``reactor.tcpClients``."""
 
     def __init__(self, entry: tuple[Any, ...], local_port: int) -> None:
@@ -200,20 +208,6 @@ class Upstream:
 
     def send(self, data: bytes) -> None:
         self.wrapper.dataReceived(data)
-
-    def received(self) -> bytes:
-        return self.transport.value()
-
-    def take(self) -> bytes:
-        return self.transport.take()
-
-    @property
-    def closed(self) -> bool:
-        return bool(self.transport.disconnecting)
-
-    @property
-    def paused(self) -> bool:
-        return self.transport.producerState == "paused"
 
     def shutdown_write(self) -> None:
         """The origin half-closes; a protocol that can't half-close sees the connection end."""
@@ -323,6 +317,34 @@ def harnesses() -> Iterator[Callable[..., Harness]]:
     finally:
         for h in made:
             h.close()
+
+
+# -- fixtures and requests shared by the protocol, relay and tunnel tests -----------------------
+# (tests/conftest.py makes the ``make`` and ``h`` fixtures visible to every test module)
+
+
+@pytest.fixture
+def make() -> Iterator[Callable[..., Harness]]:
+    with harnesses() as make:
+        yield make
+
+
+@pytest.fixture
+def h(make: Callable[..., Harness]) -> Harness:
+    return make()
+
+
+OK5 = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+
+
+def get(
+    url: bytes = b"http://example.com/",
+    headers: bytes = b"",
+    version: bytes = b"1.1",
+    method: bytes = b"GET",
+) -> bytes:
+    """A request head (no body): ``METHOD url HTTP/version``, then ``headers``."""
+    return method + b" " + url + b" HTTP/" + version + b"\r\n" + headers + b"\r\n"
 
 
 def split_response(data: bytes) -> tuple[bytes, list[tuple[bytes, bytes]], bytes]:

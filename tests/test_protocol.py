@@ -6,7 +6,7 @@ proxy asks MemoryReactorClock for by hand, and moves time with ``clock.advance``
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -26,36 +26,17 @@ from fwproxy.message import Request, Response
 from fwproxy.record import NONE_NONE, TCP_DENIED, TCP_MISS, TCP_MISS_ABORTED
 from tests._fakes import (
     BASE_CONFIG,
+    OK5,
     ORIGIN_IP,
     RECORDERS,
     FakeResolver,
     Harness,
     Recorder,
     field,
-    harnesses,
+    get,
     split_response,
     status_of,
 )
-
-OK5 = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
-
-
-@pytest.fixture
-def make() -> Iterator[Callable[..., Harness]]:
-    with harnesses() as make:
-        yield make
-
-
-@pytest.fixture
-def h(make: Callable[..., Harness]) -> Harness:
-    return make()
-
-
-def get(
-    url: bytes = b"http://example.com/", headers: bytes = b"", version: bytes = b"1.1"
-) -> bytes:
-    return b"GET " + url + b" HTTP/" + version + b"\r\n" + headers + b"\r\n"
-
 
 # -- filters used by the tests ---------------------------------------------------------------
 

@@ -6,7 +6,7 @@ response bytes are fed to them and what reaches the client is compared byte for 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 from twisted.internet import error as ierror
@@ -14,6 +14,7 @@ from twisted.internet import error as ierror
 from fwproxy.record import TCP_MISS, TCP_MISS_ABORTED
 from tests._fakes import (
     BASE_CONFIG,
+    OK5,
     ORIGIN_IP,
     OTHER_IP,
     Client,
@@ -21,32 +22,10 @@ from tests._fakes import (
     Harness,
     Upstream,
     field,
-    harnesses,
+    get,
     split_response,
     status_of,
 )
-
-OK5 = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
-
-
-@pytest.fixture
-def make() -> Iterator[Callable[..., Harness]]:
-    with harnesses() as make:
-        yield make
-
-
-@pytest.fixture
-def h(make: Callable[..., Harness]) -> Harness:
-    return make()
-
-
-def get(
-    url: bytes = b"http://example.com/",
-    headers: bytes = b"",
-    version: bytes = b"1.1",
-    method: bytes = b"GET",
-) -> bytes:
-    return method + b" " + url + b" HTTP/" + version + b"\r\n" + headers + b"\r\n"
 
 
 def relay(h: Harness, request: bytes = b"") -> tuple[Client, Upstream]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -23,20 +23,8 @@ from tests._fakes import (
     FakeResolver,
     Harness,
     Upstream,
-    harnesses,
     status_of,
 )
-
-
-@pytest.fixture
-def make() -> Iterator[Callable[..., Harness]]:
-    with harnesses() as make:
-        yield make
-
-
-@pytest.fixture
-def h(make: Callable[..., Harness]) -> Harness:
-    return make()
 
 
 def connect_head(authority: bytes = b"example.com:443", version: bytes = b"1.1") -> bytes:

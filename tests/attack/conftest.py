@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from support.servers import running
 
 from .support import BlackholeServer, EchoServer, OriginServer, ProxyLauncher
 
@@ -17,26 +18,20 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session")
 def origin():
     """A threaded HTTP/1.1 keep-alive origin on 127.0.0.1 that records every request exactly."""
-    server = OriginServer("127.0.0.1")
-    server.start()
-    yield server
-    server.stop()
+    with running(OriginServer("127.0.0.1")) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
 def echo():
-    server = EchoServer("127.0.0.1")
-    server.start()
-    yield server
-    server.stop()
+    with running(EchoServer("127.0.0.1", idle_timeout=60)) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
 def blackhole():
-    server = BlackholeServer("127.0.0.1")
-    server.start()
-    yield server
-    server.stop()
+    with running(BlackholeServer("127.0.0.1")) as server:
+        yield server
 
 
 @pytest.fixture(autouse=True)

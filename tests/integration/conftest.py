@@ -1,8 +1,8 @@
 """Fixtures for the end-to-end tests: real ``twistd -n fwproxy`` processes on loopback
 sockets, threaded origin and echo servers on ephemeral ports, and real curl.
 
-Nothing here depends on /work/shared: the origin servers are in ``fwp_origin.py`` beside this
-file.
+Nothing here depends on /work/shared: the servers and the proxy process come from tests/support/
+(shared with tests/attack), through ``fwp_origin.py`` and ``fwp_support.py`` beside this file.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# tests/, for the shared ``support`` package
+sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from fwp_origin import EchoServer, OriginServer
 from fwp_support import (
@@ -22,6 +24,7 @@ from fwp_support import (
     curl,
     ipv6_loopback_available,
 )
+from support.servers import running
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -37,10 +40,8 @@ def _curl_present() -> None:
 @pytest.fixture(scope="session")
 def origin():
     """A threaded HTTP/1.1 origin on 127.0.0.1, ephemeral port; records what it receives."""
-    server = OriginServer("127.0.0.1")
-    server.start()
-    yield server
-    server.stop()
+    with running(OriginServer("127.0.0.1")) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
@@ -48,19 +49,15 @@ def origin6():
     """The same origin on [::1]; skips when IPv6 loopback is unavailable."""
     if not ipv6_loopback_available():
         pytest.skip("IPv6 loopback (::1) is not available")
-    server = OriginServer("::1")
-    server.start()
-    yield server
-    server.stop()
+    with running(OriginServer("::1")) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
 def echo():
     """A raw TCP echo server on 127.0.0.1, ephemeral port."""
-    server = EchoServer("127.0.0.1")
-    server.start()
-    yield server
-    server.stop()
+    with running(EchoServer("127.0.0.1")) as server:
+        yield server
 
 
 @pytest.fixture(autouse=True)

@@ -10,39 +10,51 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-#: the repository root (tests/integration/ is two levels down)
-REPO = Path(__file__).resolve().parents[2]
+from support import proxyproc
+from support.proxyproc import (
+    REPO,
+    TWISTD,
+    ProxyProcess,
+    child_env,
+    free_port,
+    port_accepts,
+    toml_str,
+    wait_until,
+)
+
+__all__ = [
+    "CURL",
+    "ERROR_MARKERS",
+    "REPO",
+    "TWISTD",
+    "CurlResult",
+    "ProxyLauncher",
+    "ProxyProcess",
+    "child_env",
+    "curl",
+    "endpoint",
+    "free_port",
+    "ipv6_loopback_available",
+    "port_accepts",
+    "proxy_config",
+    "source_address_available",
+    "wait_until",
+]
 
 CURL = shutil.which("curl") or "/usr/bin/curl"
-
-#: how twistd is started: the module form, so no console script needs to be installed
-TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
-
-START_TIMEOUT = 10.0
-STOP_TIMEOUT = 10.0
 
 #: log lines that must never appear in the proxy's own log
 ERROR_MARKERS = re.compile(r"Traceback|Unhandled Error|Unhandled error|#error\]|#critical\]")
 
 
 # -- addresses ---------------------------------------------------------------------------
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port nobody listens on right now (bound to port 0 by the kernel, then released)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def ipv6_loopback_available() -> bool:
@@ -70,39 +82,13 @@ def source_address_available(addr: str) -> bool:
     return True
 
 
-def port_accepts(host: str, port: int, timeout: float = 0.5) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def wait_until(predicate, timeout: float, interval: float = 0.05, what: str = "condition"):
-    """Poll ``predicate`` until it returns a true value, at most ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
-
-
 # -- configuration -----------------------------------------------------------------------
-
-
-def _toml_str(value: str) -> str:
-    """A TOML literal string (no escapes are processed: backslashes stay as they are)."""
-    assert "'" not in value and "\n" not in value
-    return f"'{value}'"
 
 
 def _toml_list(values: Iterable[object]) -> str:
     out = []
     for v in values:
-        out.append(_toml_str(v) if isinstance(v, str) else str(v))
+        out.append(toml_str(v) if isinstance(v, str) else str(v))
     return "[" + ", ".join(out) + "]"
 
 
@@ -158,13 +144,13 @@ def proxy_config(
         "via = false",
         "",
         "[log]",
-        f"access = {_toml_str(str(access_log))}",
-        f"format = {_toml_str(log_format)}",
+        f"access = {toml_str(str(access_log))}",
+        f"format = {toml_str(log_format)}",
         "",
     ]
     for f in filters:
         lines.append("[[filters]]")
-        lines.append(f"name = {_toml_str(str(f['name']))}")
+        lines.append(f"name = {toml_str(str(f['name']))}")
         lines.append("")
     if extra:
         lines.append(extra)
@@ -174,124 +160,8 @@ def proxy_config(
 # -- the proxy process -------------------------------------------------------------------
 
 
-def child_env(extra_pythonpath: Sequence[str | Path] = (), repo: bool = True) -> dict[str, str]:
-    """The environment for a child Python: PYTHONPATH has the repository root (so the
-    ``twisted/plugins`` dropin and ``fwproxy`` are found without installing) and no proxy
-    variables leak in."""
-    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
-    paths = [str(p) for p in extra_pythonpath]
-    if repo:
-        paths.append(str(REPO))
-    env["PYTHONPATH"] = os.pathsep.join(paths)
-    env["PYTHONDONTWRITEBYTECODE"] = "1"
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-@dataclass
-class ProxyProcess:
-    """A running ``twistd -n fwproxy``."""
-
-    proc: subprocess.Popen
-    host: str
-    port: int
-    output_path: Path
-    config_path: Path | None = None
-    access_log: Path | None = None
-    _out: object = field(default=None, repr=False)
-
-    @property
-    def address(self) -> tuple[str, int]:
-        return self.host, self.port
-
-    @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
-
-    def output(self) -> str:
-        """Everything twistd wrote so far (its log on stdout, and stderr)."""
-        return self.output_path.read_text(encoding="utf-8", errors="replace")
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def wait_listening(self, timeout: float = START_TIMEOUT) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(
-                    f"twistd exited with {self.proc.returncode} before listening:\n" + self.output()
-                )
-            if port_accepts(self.host, self.port, 0.5):
-                return
-            time.sleep(0.05)
-        raise AssertionError(
-            f"the proxy did not accept on {self.host}:{self.port} within {timeout:g} s:\n"
-            + self.output()
-        )
-
-    def stop(self) -> int | None:
-        """SIGTERM, then SIGKILL if it has not exited within STOP_TIMEOUT; the exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(STOP_TIMEOUT)
-        if self._out is not None:
-            self._out.close()  # type: ignore[attr-defined]
-            self._out = None
-        return self.proc.returncode
-
-    def access_lines(self, count: int = 1, timeout: float = 5.0) -> list[str]:
-        """The access log's lines, once it has at least ``count`` of them (bounded wait)."""
-        assert self.access_log is not None, "this proxy logs to stdout"
-        path = self.access_log
-
-        def lines() -> list[str] | None:
-            if not path.exists():
-                return None
-            text = path.read_text(encoding="utf-8", errors="replace")
-            got = [line for line in text.splitlines() if line.strip()]
-            return got if len(got) >= count else None
-
-        try:
-            return wait_until(lines, timeout, what=f"{count} access log line(s) in {path}")
-        except AssertionError:
-            text = path.read_text(errors="replace") if path.exists() else "<no file>"
-            raise AssertionError(
-                f"expected at least {count} access log line(s) in {path}, got:\n{text}"
-            ) from None
-
-    def access_line_for(self, needle: str, timeout: float = 5.0) -> str:
-        """The one access log line containing ``needle`` (bounded wait)."""
-        assert self.access_log is not None
-        path = self.access_log
-
-        def find() -> list[str] | None:
-            if not path.exists():
-                return None
-            got = [ln for ln in path.read_text(errors="replace").splitlines() if needle in ln]
-            return got or None
-
-        try:
-            found = wait_until(find, timeout, what=f"an access log line with {needle!r}")
-        except AssertionError:
-            text = path.read_text(errors="replace") if path.exists() else "<no file>"
-            raise AssertionError(f"no access log line contains {needle!r}:\n{text}") from None
-        assert len(found) == 1, f"{len(found)} access log lines contain {needle!r}: {found}"
-        return found[0]
-
-
-class ProxyLauncher:
+class ProxyLauncher(proxyproc.ProxyLauncher):
     """Starts ``twistd -n fwproxy`` processes in ``directory`` and stops them all at the end."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.running: list[ProxyProcess] = []
-        self._n = 0
 
     def start(
         self,
@@ -310,30 +180,17 @@ class ProxyLauncher:
         the embedded default). ``host``/``port`` is where it is expected to listen.
         ``extra_pythonpath`` goes before the repository root on PYTHONPATH; ``repo=False``
         leaves the repository out (to run an installed copy)."""
-        self._n += 1
-        n = self._n
-        config_path = None
-        cmd = [*TWISTD, "-n", "--pidfile=", "fwproxy"]
-        if config is not None:
-            config_path = self.directory / f"proxy{n}.toml"
-            config_path.write_text(config, encoding="utf-8")
-            cmd += ["--config", str(config_path)]
-        cmd += list(args)
-        output_path = self.directory / f"proxy{n}.out"
-        out = open(output_path, "wb")  # noqa: SIM115 - closed by ProxyProcess.stop
-        proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
+        return self.spawn(
+            self._next(),
+            config,
+            host=host,
+            port=port or 0,
+            args=args,
+            access_log=access_log,
             env=child_env(extra_pythonpath, repo=repo),
-            cwd=str(cwd or self.directory),
+            cwd=cwd,
+            wait=wait,
         )
-        p = ProxyProcess(proc, host, port or 0, output_path, config_path, access_log, out)
-        self.running.append(p)
-        if wait:
-            p.wait_listening()
-        return p
 
     def start_with(
         self,
@@ -360,11 +217,6 @@ class ProxyLauncher:
             access_log=access_log,
             extra_pythonpath=extra_pythonpath,
         )
-
-    def stop_all(self) -> None:
-        for p in self.running:
-            p.stop()
-        self.running = []
 
 
 # -- curl ----------------------------------------------------------------------------------
