@@ -43,34 +43,19 @@ def run(hooks: Sequence[Hook], *args: Any) -> Any:
     return None
 
 
+def _hooks(filters: Sequence[object], interface: Any, name: str) -> tuple[Hook, ...]:
+    """The bound ``name`` method of each filter providing ``interface``, in order."""
+    return tuple(getattr(f, name) for f in filters if interface.providedBy(f))
+
+
 class FilterChain:
     """The hooks of a list of filters, sorted by interface once, in configuration order."""
 
     def __init__(self, filters: Sequence[object]) -> None:
         self.filters = tuple(filters)
-        self.connection: tuple[Hook, ...] = tuple(
-            f.clientConnected
-            for f in filters
-            if IConnectionFilter.providedBy(f)  # type: ignore[attr-defined]
-        )
-        self.request: tuple[Hook, ...] = tuple(
-            f.requestReceived
-            for f in filters
-            if IRequestFilter.providedBy(f)  # type: ignore[attr-defined]
-        )
-        self.connect: tuple[Hook, ...] = tuple(
-            f.connectReceived
-            for f in filters
-            if IConnectFilter.providedBy(f)  # type: ignore[attr-defined]
-        )
-        self.response: tuple[Hook, ...] = tuple(
-            f.responseReceived
-            for f in filters
-            if IResponseFilter.providedBy(f)  # type: ignore[attr-defined]
-        )
-        self.observers: tuple[Hook, ...] = tuple(
-            f.transactionFinished
-            for f in filters
-            if ITransactionObserver.providedBy(f)  # type: ignore[attr-defined]
-        )
+        self.connection = _hooks(filters, IConnectionFilter, "clientConnected")
+        self.request = _hooks(filters, IRequestFilter, "requestReceived")
+        self.connect = _hooks(filters, IConnectFilter, "connectReceived")
+        self.response = _hooks(filters, IResponseFilter, "responseReceived")
+        self.observers = _hooks(filters, ITransactionObserver, "transactionFinished")
         self.lifecycle = tuple(f for f in filters if IFilterLifecycle.providedBy(f))

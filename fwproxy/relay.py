@@ -25,8 +25,8 @@ from fwproxy.message import Headers, Request, Response
 from fwproxy.record import TCP_MISS, TCP_MISS_ABORTED
 from fwproxy.timer import Deadline
 from fwproxy.transaction import USAGE, Transaction
-from fwproxy.tunnel import STREAM_BUFFER
 from fwproxy.upstream import UpstreamProtocol
+from fwproxy.writes import STREAM_BUFFER
 
 # states
 FILTERING, CONNECTING, SENDING, AWAITING, RESPONDING = range(5)
@@ -161,32 +161,9 @@ class RelayTransaction(Transaction):
             self.answer(answer)
             return
         self.state = CONNECTING
-        req = self.request
-        factory = self.proto.factory
-        # the connection's deadline is idle during a transaction: reuse it (no timer per request)
-        self.timer = self.proto.timer
-        if req.addresses is not None:
-            self._resolved(req.addresses)
-            return
-        result = factory.resolver.resolve(req.host)
-        if isinstance(result, Deferred):
-            self._arm_connect()
-            self._wait(result, self._resolved)
-        else:
-            self._resolved(result)
+        self.resolve_destination()
 
-    def _resolved(self, addresses: list[str]) -> None:
-        req = self.request
-        req.addresses = addresses
-        if not addresses:
-            self._error(502, f"cannot resolve {req.host}")
-            return
-        if self.proto.factory.is_self(addresses, req.port, self.proto.local):
-            # a request to the proxy's own address: answer it here rather than loop
-            self.answer(
-                Response.text(400, f"fwproxy: {req.authority} is this proxy. {USAGE}"), close=True
-            )
-            return
+    def connect_upstream(self) -> None:
         self._acquire()
 
     def _acquire(self) -> None:
@@ -224,19 +201,6 @@ class RelayTransaction(Transaction):
         )
         self._waiting = d
         d.addCallbacks(self._connected, self._connect_failed)
-
-    def _arm_connect(self) -> None:
-        """Name resolution and connecting (not needed for a pooled connection) share one
-        ``timeouts.connect`` budget."""
-        timer = self.timer
-        if timer is not None and timer.expired != self._connect_timeout:
-            timer.restart(self.proto.factory.config.timeouts.connect, self._connect_timeout)
-
-    def _connect_timeout(self) -> None:
-        if self._waiting is not None:
-            d, self._waiting = self._waiting, None
-            d.cancel()
-        self._error(504, f"timed out connecting to {self.request.authority}")
 
     def _connected(self, conn: UpstreamProtocol) -> None:
         self._waiting = None
@@ -434,9 +398,7 @@ class RelayTransaction(Transaction):
             up = self.upstream.transport  # type: ignore[union-attr]
             if kind != "length" or (rh.content_length or 0) > STREAM_BUFFER:
                 # a large body: stream it in bigger pieces, as a tunnel does
-                for t in (self.proto.transport, up):
-                    if hasattr(t, "bufferSize"):
-                        t.bufferSize = STREAM_BUFFER
+                writes.bulk(self.proto.transport, up)
             self.proto.transport.registerProducer(up, True)
             self._producing = True
 

@@ -157,6 +157,54 @@ class Transaction:
 
         d.addCallback(done).addErrback(failed)
 
+    # -- finding the destination (shared by the relay and CONNECT) ---------------------------
+    timer: Any = None
+
+    def resolve_destination(self) -> None:
+        """Resolve ``request.host`` unless a filter already did (the addresses a ``dst`` rule
+        checked are the ones connected to), then :meth:`_resolved`."""
+        req = self.request
+        self.timer = self.proto.timer  # the connection's deadline, idle during a transaction
+        if req.addresses is not None:
+            self._resolved(req.addresses)
+            return
+        result = self.proto.factory.resolver.resolve(req.host)
+        if isinstance(result, Deferred):
+            self._arm_connect()
+            self._wait(result, self._resolved)
+        else:
+            self._resolved(result)
+
+    def _resolved(self, addresses: list[str]) -> None:
+        req = self.request
+        req.addresses = addresses
+        if not addresses:
+            self._error(502, f"cannot resolve {req.host}")
+        elif self.proto.factory.is_self(addresses, req.port, self.proto.local):
+            # a request to the proxy's own address: answered here, never followed
+            self.answer(
+                Response.text(400, f"fwproxy: {req.authority} is this proxy. {USAGE}"), close=True
+            )
+        else:
+            self.connect_upstream()
+
+    def connect_upstream(self) -> None:
+        """Connect to ``request.addresses`` (subclasses)."""
+        raise NotImplementedError
+
+    def _arm_connect(self) -> None:
+        """Name resolution and connecting (not needed for a pooled connection) share one
+        ``timeouts.connect`` budget."""
+        timer = self.timer
+        if timer is not None and timer.expired != self._connect_timeout:
+            timer.restart(self.proto.factory.config.timeouts.connect, self._connect_timeout)
+
+    def _connect_timeout(self) -> None:
+        if self._waiting is not None:
+            d, self._waiting = self._waiting, None
+            d.cancel()
+        self._error(504, f"timed out connecting to {self.request.authority}")
+
     def _decide_timeout(self) -> None:
         # answer first: finishing cancels the pending Deferred, whose callbacks then see that
         # the transaction is done (a cancelled lookup may otherwise read as "no addresses")
