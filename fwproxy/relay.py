@@ -139,19 +139,7 @@ class RelayTransaction(Transaction):
         if limit and head.content_length is not None and head.content_length > limit:
             self.answer(Response.text(413, f"fwproxy: request body over {limit} bytes"), close=True)
             return
-        hooks = self.proto.factory.chain.request
-        if not hooks:
-            self._filtered(None)
-            return
-        try:
-            result = chain.run(hooks, request)
-        except Exception:
-            self.fail(Failure())
-            return
-        if isinstance(result, Deferred):
-            self._wait(result, self._filtered)
-        else:
-            self._filtered(result)
+        self.run_filters(self.proto.factory.chain.request)
 
     def deciding(self) -> bool:
         return self.state == FILTERING

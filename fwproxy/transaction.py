@@ -16,7 +16,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from fwproxy import http1, writes
+from fwproxy import chain, http1, writes
 from fwproxy.http1 import BODY, END, ERROR, ProtocolError, RequestHead
 from fwproxy.message import Response
 from fwproxy.record import NONE_NONE, TCP_DENIED, TransactionRecord
@@ -156,6 +156,22 @@ class Transaction:
                 self.fail(f)
 
         d.addCallback(done).addErrback(failed)
+
+    def run_filters(self, hooks: tuple[Any, ...]) -> None:
+        """Run the request (or CONNECT) hooks, then ``self._filtered(answer)`` — synchronously
+        when every hook answers so."""
+        try:
+            result = chain.run(hooks, self.request) if hooks else None
+        except Exception:
+            self.fail(Failure())
+            return
+        if isinstance(result, Deferred):
+            self._wait(result, self._filtered)
+        else:
+            self._filtered(result)
+
+    def _filtered(self, answer: Response | None) -> None:
+        raise NotImplementedError
 
     # -- finding the destination (shared by the relay and CONNECT) ---------------------------
     timer: Any = None

@@ -18,7 +18,7 @@ from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from fwproxy import chain, http1, writes
+from fwproxy import http1, writes
 from fwproxy.http1 import END, ERROR, REST
 from fwproxy.message import Headers, Request, Response
 from fwproxy.record import TCP_TUNNEL, TCP_TUNNEL_ABORTED
@@ -184,16 +184,7 @@ class ConnectTransaction(Transaction):
             self.proto.client,
         )
         request.credentials = http1.proxy_credentials(head.headers)
-        hooks = self.proto.factory.chain.connect
-        try:
-            result = chain.run(hooks, request) if hooks else None
-        except Exception:
-            self.fail(Failure())
-            return
-        if isinstance(result, Deferred):
-            self._wait(result, self._filtered)
-        else:
-            self._filtered(result)
+        self.run_filters(self.proto.factory.chain.connect)
 
     def deciding(self) -> bool:
         return self.timer is None and self.status == 0
