@@ -19,7 +19,7 @@ import time
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from fwproxy.config import loads
-from fwproxy.server import ProxyFactory
+from fwproxy.factory import ProxyFactory
 
 CONFIG = """
 [acl.clients]

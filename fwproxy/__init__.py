@@ -9,9 +9,9 @@ Public names: :class:`ProxyFactory` (a protocol factory for any stream endpoint)
 from fwproxy.config import Config, ConfigError
 from fwproxy.config import load as load_config
 from fwproxy.config import loads as loads_config
+from fwproxy.factory import ProxyFactory
 from fwproxy.message import Headers, Request, Response
 from fwproxy.record import TransactionRecord
-from fwproxy.server import ProxyFactory
 from fwproxy.service import makeService
 
 __version__ = "1.0.0"

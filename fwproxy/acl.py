@@ -14,14 +14,14 @@ ACL needs the destination's resolved addresses: when a rule reaches one before t
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import re
 import time as _time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+from fwproxy.selfcheck import IPAddress, all_self, parse_ip
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -37,16 +37,8 @@ class NeedCredentials(Exception):
     """A rule needs the authenticated user, and authentication has not been tried yet."""
 
 
-@functools.lru_cache(maxsize=4096)
-def client_ip(host: str) -> IPAddress | None:
-    """Parse a transport's host string; IPv4-mapped IPv6 addresses become IPv4."""
-    try:
-        ip = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
+#: a transport's or resolver's host string as an address (IPv4-mapped IPv6 becomes IPv4)
+client_ip = parse_ip
 
 
 @dataclass(slots=True)
@@ -379,19 +371,7 @@ class SelfAcl(Acl):
     def match(self, ctx: AclContext) -> bool:
         if ctx.addresses is None:
             raise NeedAddresses(self.name)
-        if not ctx.addresses:
-            return False
-        mine = set()
-        wildcard = False
-        for host, _ in ctx.listening:
-            ip = client_ip(host)
-            if ip is None or ip.is_unspecified:
-                wildcard = True
-            else:
-                mine.add(ip)
-        return all(
-            a in mine or (wildcard and (a.is_loopback or a.is_unspecified)) for a in ctx.addresses
-        )
+        return all_self(ctx.addresses, None, ctx.listening)
 
 
 def _predefined_dst(name: str, nets: Iterable[str]) -> DstAcl:

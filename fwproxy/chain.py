@@ -12,10 +12,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 
 from fwproxy.interfaces import (
     IConnectFilter,
     IConnectionFilter,
+    IDestinationCheck,
     IFilterLifecycle,
     IRequestFilter,
     IResponseFilter,
@@ -25,11 +27,37 @@ from fwproxy.interfaces import (
 Hook = Callable[..., Any]
 
 
+class FilterError(Exception):
+    """A filter's hook raised, or its Deferred failed: :attr:`failure` says how, and
+    :attr:`filter` names the filter (for the log line that goes with the 500)."""
+
+    def __init__(self, hook: Hook, failure: Failure) -> None:
+        owner = getattr(hook, "__self__", None)
+        name = getattr(hook, "__qualname__", repr(hook))
+        self.filter = f"{type(owner).__module__}.{type(owner).__qualname__}" if owner else name
+        self.hook = getattr(hook, "__name__", "hook")
+        self.failure = failure
+        super().__init__(f"filter {self.filter}.{self.hook} failed: {failure.getErrorMessage()}")
+
+
+def _named(failure: Failure, hook: Hook) -> Failure:
+    if failure.check(FilterError):
+        return failure
+    return Failure(FilterError(hook, failure))
+
+
 def run(hooks: Sequence[Hook], *args: Any) -> Any:
     """Call ``hooks`` in order with ``args`` until one answers; return its answer (or a
-    Deferred of it when a hook answered with a Deferred). ``None``: nobody answered."""
+    Deferred of it when a hook answered with a Deferred). ``None``: nobody answered.
+
+    :raise FilterError: a hook raised (its Deferred failing fails the returned Deferred with a
+        :class:`FilterError` too).
+    """
     for i, hook in enumerate(hooks):
-        result = hook(*args)
+        try:
+            result = hook(*args)
+        except Exception:
+            raise FilterError(hook, Failure()) from None
         if result is None:
             continue
         if isinstance(result, Deferred):
@@ -38,7 +66,7 @@ def run(hooks: Sequence[Hook], *args: Any) -> Any:
             def _next(value: Any, rest: Sequence[Hook] = rest) -> Any:
                 return value if value is not None else run(rest, *args)
 
-            return result.addCallback(_next)
+            return result.addCallbacks(_next, _named, errbackArgs=(hook,))
         return result
     return None
 
@@ -57,5 +85,6 @@ class FilterChain:
         self.request = _hooks(filters, IRequestFilter, "requestReceived")
         self.connect = _hooks(filters, IConnectFilter, "connectReceived")
         self.response = _hooks(filters, IResponseFilter, "responseReceived")
+        self.destination = _hooks(filters, IDestinationCheck, "checkDestination")
         self.observers = _hooks(filters, ITransactionObserver, "transactionFinished")
         self.lifecycle = tuple(f for f in filters if IFilterLifecycle.providedBy(f))

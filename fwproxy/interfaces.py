@@ -1,20 +1,31 @@
-# -*- test-case-name: tests.test_filters -*-
+# -*- test-case-name: tests.test_interfaces -*-
 """The contracts every fwproxy feature plugs into.
 
 A *filter* is any object that provides one or more of the hook interfaces below
 (:class:`IConnectionFilter`, :class:`IRequestFilter`, :class:`IConnectFilter`,
-:class:`IResponseFilter`, :class:`ITransactionObserver`). The proxy calls the hooks of the
-configured filters in configuration order. The built-in filters (``acl``, ``headers``,
-``accesslog``) are written against exactly these interfaces.
+:class:`IDestinationCheck`, :class:`IResponseFilter`, :class:`ITransactionObserver`). The proxy
+calls the hooks of the configured filters in configuration order. The built-in filters (``acl``,
+``headers``, ``accesslog``) are written against exactly these interfaces.
 
-Each hook may answer synchronously (return its value) or asynchronously (return a
+Answers. Each hook may answer synchronously (return its value) or asynchronously (return a
 :class:`twisted.internet.defer.Deferred` that fires with that value). When every filter answers
 synchronously no Deferred is allocated for the request. While a hook's Deferred is pending, the
-proxy reads nothing more from that client, so a slow hook cannot make the proxy buffer.
+proxy reads nothing more from that client, so a slow hook cannot make the proxy buffer; a
+request (or CONNECT) still undecided after ``timeouts.connect`` seconds is answered ``504``.
 
-A filter reaches the proxy from the configuration through an :class:`IFilterFactory`: built-ins
-by short name, third-party factories by the ``name`` their ``twisted/plugins/`` dropin registers
-(found with :func:`twisted.plugin.getPlugins`), or by dotted path.
+Errors. A hook that raises, or whose Deferred fails, ends the transaction: if nothing has been
+sent to the client yet it gets ``500 Internal Server Error`` and the connection is closed,
+otherwise the connection is cut; later hooks of that kind are not called. The proxy logs the
+failure with the filter's class and the hook's name (``fwproxy: filter acme.Tagger failed
+(requestReceived) in <RelayTransaction ...>``) and the transaction is logged with status 500.
+A failing :class:`IConnectionFilter` closes the connection; a failing
+:class:`ITransactionObserver` is logged and skipped (the other observers still run). Other
+connections are never affected.
+
+Building. A filter reaches the proxy from the configuration through an :class:`IFilterFactory`:
+built-ins by short name, third-party factories by the ``name`` their ``twisted/plugins/``
+dropin registers (found with :func:`twisted.plugin.getPlugins`), or by dotted path. Filters are
+tested with :mod:`fwproxy.testing` (see ``docs/testing.md``).
 """
 
 from __future__ import annotations
@@ -32,12 +43,13 @@ class IFilterContext(Interface):
     )
     config = Attribute("The proxy's whole validated configuration (fwproxy.config.Config).")
     resolver = Attribute(
-        "The proxy's IResolver: resolve(host) -> Deferred firing with a list of IP address "
-        "strings. Filters that need a destination's address should call "
-        "request.addresses-aware helpers rather than resolving twice."
+        "The proxy's IResolver. A filter that needs a destination's addresses sets "
+        "request.addresses from its answer, so the proxy connects to the addresses the "
+        "filter saw (it does not resolve the name again)."
     )
     listening = Attribute(
-        "A list of (host, port) the proxy listens on; filled in when listening starts."
+        "The list of (host, port) the proxy listens on; filled in as its ports start "
+        "listening (empty while filters are being built)."
     )
     authenticator = Attribute(
         "An fwproxy.auth.Authenticator turning Proxy-Authorization values into user names "
@@ -48,7 +60,18 @@ class IFilterContext(Interface):
 class IFilterFactory(IPlugin):
     """Builds a filter from its configuration. Put a provider of this interface at module
     level in a ``twisted/plugins/`` dropin to make the filter available by ``name``
-    (``twisted.plugin.getPlugins`` finds it; this interface extends ``IPlugin`` for that)."""
+    (``twisted.plugin.getPlugins`` finds it; this interface extends ``IPlugin`` for that).
+
+    Example (a dropin ``twisted/plugins/acme_filters.py``)::
+
+        @provider(IFilterFactory)
+        class TaggerFactory:
+            name = "acme.tagger"
+
+            @staticmethod
+            def build(options, context):
+                return Tagger(options.get("tag", "acme"))
+    """
 
     name = Attribute('The short name used in ``[[filters]] name = ...``, e.g. ``"acme.tagger"``.')
 
@@ -69,7 +92,15 @@ class IConnectionFilter(Interface):
     """Sees each client connection when its first bytes arrive, before any of them is parsed
     (behind a PROXY-protocol listener, once its header has named the real client). A
     connection that sends nothing is never seen (nor logged); it is closed at
-    ``timeouts.request_header``."""
+    ``timeouts.request_header``.
+
+    Example (close connections from one network)::
+
+        @implementer(IConnectionFilter)
+        class NoGuests:
+            def clientConnected(self, client, local):
+                return not client[0].startswith("10.99.")
+    """
 
     def clientConnected(client, local):  # type: ignore[no-untyped-def]
         """A client connected.
@@ -83,13 +114,27 @@ class IConnectionFilter(Interface):
 
 
 class IRequestFilter(Interface):
-    """Sees every request head that is to be relayed (not CONNECT, not the proxy's own pages)."""
+    """Sees every request head that is to be relayed (not CONNECT, not the proxy's own pages).
+
+    Example (tag requests, refuse one path)::
+
+        @implementer(IRequestFilter)
+        class Tagger:
+            def requestReceived(self, request):
+                if request.path.startswith(b"/admin"):
+                    return Response.text(403, "no admin pages")
+                request.headers.set("X-Tag", "acme")
+                return None
+    """
 
     def requestReceived(request):  # type: ignore[no-untyped-def]
         """A request head arrived.
 
-        The filter may modify ``request`` in place (``headers``, ``path``, ``host``, ``port``,
-        ``addresses``, ``notes``) to change what is sent upstream.
+        The filter may modify ``request`` in place (``headers``, ``path``, ``notes``) to change
+        what is sent upstream. It may also change the destination (``host``, ``port``,
+        ``addresses``): the proxy then resolves it where needed and has it checked by the
+        :class:`IDestinationCheck` filters (the access rules and the SSRF guard) again before
+        connecting; the ``Host`` header is the filter's to set.
 
         :param request: a :class:`fwproxy.message.Request`.
         :return: ``None`` to let the request go on to the next filter and then upstream; or a
@@ -100,19 +145,74 @@ class IRequestFilter(Interface):
 
 
 class IConnectFilter(Interface):
-    """Sees every CONNECT request."""
+    """Sees every CONNECT request.
+
+    Example (tunnels only to port 443 of one domain)::
+
+        @implementer(IConnectFilter)
+        class OnlyAcme:
+            def connectReceived(self, request):
+                if request.port == 443 and request.host.endswith(".acme.example"):
+                    return None
+                return Response.text(403, "not there")
+    """
 
     def connectReceived(request):  # type: ignore[no-untyped-def]
         """A CONNECT request arrived; ``request.host`` and ``request.port`` name the target.
 
         :return: as :meth:`IRequestFilter.requestReceived`: ``None`` to go on, a
             :class:`fwproxy.message.Response` to answer (the tunnel is then not made), or a
-            Deferred firing with one of those.
+            Deferred firing with one of those. Changing ``host``, ``port`` or ``addresses``
+            moves the tunnel, checked again as for a relayed request.
+        """
+
+
+class IDestinationCheck(Interface):
+    """Decides whether a request may go to its destination: the access rules (the ``acl``
+    filter provides it). A check that allows a request records what it allowed in
+    ``request.checked`` (``request.checked = request.destination``). When, after all request
+    (or CONNECT) hooks have run, ``request.destination`` differs from ``request.checked`` — a
+    later filter changed the host, port or addresses — the proxy calls every check again
+    before resolving and connecting; addresses that belonged to the old host are dropped first
+    so that the new host is resolved.
+
+    Example (only ever connect to one network)::
+
+        @implementer(IRequestFilter, IConnectFilter, IDestinationCheck)
+        class Fence:
+            def checkDestination(self, request):
+                if request.addresses is not None and all(
+                    a.startswith("192.0.2.") for a in request.addresses
+                ):
+                    request.checked = request.destination
+                    return None
+                return Response.text(403, "fenced")
+
+            requestReceived = connectReceived = checkDestination
+    """
+
+    def checkDestination(request):  # type: ignore[no-untyped-def]
+        """Check ``request``'s destination again.
+
+        :return: as :meth:`IRequestFilter.requestReceived` (``None`` allows, a Response
+            answers instead, or a Deferred firing with one of those). May narrow
+            ``request.addresses`` to the allowed ones.
         """
 
 
 class IResponseFilter(Interface):
-    """Sees every upstream response head before it is sent to the client."""
+    """Sees every upstream response head before it is sent to the client.
+
+    Example (hide a server header, replace error pages)::
+
+        @implementer(IResponseFilter)
+        class Tidy:
+            def responseReceived(self, request, response):
+                response.headers.remove("Server")
+                if response.status >= 500:
+                    return Response.text(502, "the origin failed")
+                return None
+    """
 
     def responseReceived(request, response):  # type: ignore[no-untyped-def]
         """An upstream response head arrived for ``request``.
@@ -130,36 +230,78 @@ class IResponseFilter(Interface):
 
 
 class ITransactionObserver(Interface):
-    """Told about every finished transaction (access logs, metrics)."""
+    """Told about every finished transaction (access logs, metrics).
+
+    Example (count results)::
+
+        @implementer(ITransactionObserver)
+        class Counter:
+            def __init__(self):
+                self.counts = collections.Counter()
+
+            def transactionFinished(self, record):
+                self.counts[record.result] += 1
+    """
 
     def transactionFinished(record):  # type: ignore[no-untyped-def]
         """A transaction ended (answered, relayed, tunnelled, denied or failed).
 
-        :param record: a :class:`fwproxy.record.TransactionRecord`.
-        :return: ignored. Must not raise; must not block (buffer and write asynchronously).
+        :param record: a :class:`fwproxy.record.TransactionRecord`; ``record.result`` is one
+            of the codes in :mod:`fwproxy.record` (``TCP_MISS``, ``TCP_TUNNEL``, ...).
+        :return: ignored. Must not block (buffer and write asynchronously); an exception is
+            logged and the next observer still runs.
         """
 
 
 class IFilterLifecycle(Interface):
-    """Optional: a filter that holds resources (files, sockets, timers)."""
+    """Optional: a filter that holds resources (files, sockets, timers).
+
+    Example::
+
+        @implementer(ITransactionObserver, IFilterLifecycle)
+        class FileLog:
+            def startFilter(self):
+                self.f = open("/var/log/acme.log", "a")
+
+            def stopFilter(self):
+                self.f.close()
+
+            def reopen(self):
+                self.stopFilter()
+                self.startFilter()
+
+            def transactionFinished(self, record):
+                self.f.write(record.target + "\\n")
+    """
 
     def startFilter():  # type: ignore[misc]
-        """The proxy is starting to serve. Open resources here, not in the factory."""
+        """The proxy is starting to serve (its first port listens), or this filter replaces
+        another on reload. Open resources here, not in the factory."""
 
     def stopFilter():  # type: ignore[misc]
-        """The proxy is stopping. Flush and release resources; may return a Deferred."""
+        """The proxy is stopping (once its last connection has ended), or this filter was
+        replaced on reload. Flush and release resources; may return a Deferred, which the proxy
+        waits for (at most ``timeouts.drain`` seconds) before it exits."""
 
     def reopen():  # type: ignore[misc]
-        """Re-open files (after log rotation)."""
+        """Re-open files (after log rotation: SIGUSR1)."""
 
 
 class IResolver(Interface):
-    """Turns host names into addresses for the proxy's connections and ``dst`` ACLs."""
+    """Turns host names into addresses for the proxy's connections and ``dst`` ACLs.
+
+    Example (a fixed table, as in tests)::
+
+        @implementer(IResolver)
+        class Table:
+            def resolve(self, host):
+                return {"origin.test": ["127.0.0.1"]}.get(host, [])
+    """
 
     def resolve(host):  # type: ignore[no-untyped-def]
         """Resolve ``host``.
 
         :param host: a host name or an IP address literal (returned as is).
         :return: a list of IP address strings, or a Deferred firing with one; an empty list or
-            a failure means the name does not resolve.
+            a failure means the name does not resolve (``502``).
         """

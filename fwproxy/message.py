@@ -12,6 +12,8 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 HeaderName = str | bytes
+#: a request's ``(host, port, addresses)``
+Destination = tuple[str, int, tuple[str, ...] | None]
 
 
 def _b(value: HeaderName) -> bytes:
@@ -116,9 +118,12 @@ class Request:
     the client's ``(host, port)`` as the transport reports it (a PROXY-protocol transport reports
     the original client). ``user`` is the authenticated user name, or ``""``. ``addresses`` is
     ``None`` until the destination is resolved, then the list of IP address strings the proxy
-    may connect to: a filter that narrows it narrows where the proxy connects. ``credentials``
-    is the client's ``Proxy-Authorization`` value (hop-by-hop: it is removed from ``headers``
-    and never sent upstream).
+    may connect to: a filter that narrows it narrows where the proxy connects. A filter may
+    change ``host``, ``port`` or ``addresses`` (route the request elsewhere): the proxy then
+    resolves the new destination where needed and checks it against the access rules and the
+    SSRF guard again before connecting (see :class:`fwproxy.interfaces.IDestinationCheck`).
+    ``credentials`` is the client's ``Proxy-Authorization`` value (hop-by-hop: it is removed
+    from ``headers`` and never sent upstream).
     """
 
     __slots__ = (
@@ -135,6 +140,7 @@ class Request:
         "addresses",
         "notes",
         "credentials",
+        "checked",
     )
 
     def __init__(
@@ -165,6 +171,16 @@ class Request:
         self.notes: dict[str, Any] = {}
         #: the client's ``Proxy-Authorization`` value (never forwarded upstream), or None
         self.credentials: bytes | None = None
+        #: the :attr:`destination` the access rules last allowed (set by a destination check,
+        #: such as the ``acl`` filter); when a later filter changes the destination, the proxy
+        #: has it checked again before connecting
+        self.checked: Destination | None = None
+
+    @property
+    def destination(self) -> Destination:
+        """``(host, port, addresses)`` as they stand (addresses as a tuple, or None)."""
+        a = self.addresses
+        return (self.host, self.port, tuple(a) if a is not None else None)
 
     @property
     def authority(self) -> str:

@@ -24,7 +24,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
 from fwproxy.config import Config, ConfigError
-from fwproxy.server import ProxyFactory
+from fwproxy.factory import ProxyFactory
 from fwproxy.workers import listen_reuseport
 
 log = Logger()

@@ -1,28 +1,26 @@
 # -*- test-case-name: tests.test_protocol -*-
-"""What every transaction (one request and its answer) shares, and the proxy's own answers.
+"""What every transaction (one request and its answer) shares.
 
-A transaction is created by the client protocol (:mod:`fwproxy.server`) for each request head
-and is fed the rest of that request's events. :class:`Transaction` keeps the bookkeeping
-(record, answering with a whole :class:`Response`, finishing); :class:`LocalTransaction` answers
-requests addressed to the proxy itself (origin-form): ``/healthz`` and a short usage text.
+A transaction is made by :mod:`fwproxy.dispatch` for each request head and is fed the rest of
+that request's events by its client connection. :class:`Transaction` keeps the bookkeeping
+(the log record, answering with a whole :class:`Response`, waiting on Deferreds, finishing) and
+uses only the two handles declared in :mod:`fwproxy.contracts`: its client connection and the
+proxy's services.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from twisted.internet import error as ierror
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from fwproxy import chain, http1, writes
+from fwproxy import chain, http1
+from fwproxy.contracts import ClientConnection, ProxyServices
 from fwproxy.http1 import BODY, END, ERROR, ProtocolError, RequestHead
-from fwproxy.message import Response
+from fwproxy.message import Request, Response
 from fwproxy.record import NONE_NONE, TCP_DENIED, TransactionRecord
-
-if TYPE_CHECKING:
-    from fwproxy.server import ProxyProtocol
 
 log = Logger()
 
@@ -32,21 +30,23 @@ USAGE = (
     "(curl -p -x http://PROXY:PORT https://example.com/)"
 )
 
-HEALTH_PATHS = (b"/healthz",)
+_FRAMING = (b"content-length", b"connection", b"transfer-encoding")
 
 
 class Transaction:
-    """Bookkeeping shared by every kind of transaction."""
+    """Bookkeeping shared by every kind of transaction; on its own it answers the proxy's own
+    error pages (a malformed request, a request-header timeout)."""
 
-    #: log this transaction (health checks are not logged)
+    #: log this transaction (health checks are not)
     logged = True
 
-    def __init__(self, proto: ProxyProtocol, head: RequestHead) -> None:
-        self.proto = proto
+    def __init__(self, conn: ClientConnection, proxy: ProxyServices, head: RequestHead) -> None:
+        self.conn = conn
+        self.proxy = proxy
         self.head = head
-        self.clock = proto.factory.reactor
+        self.clock = proxy.reactor
         self.started = self.clock.seconds()
-        self.request: Any = None
+        self.request: Request | None = None
         self.status = 0
         self.result = NONE_NONE
         self.bytes_in = head.size
@@ -58,11 +58,14 @@ class Transaction:
         #: bytes of the request body are still to be received and thrown away
         self.discarding = False
         self.done = False
+        #: what the transaction waits for (a hook's, the resolver's or a connection's Deferred)
+        self._waiting: Deferred[Any] | None = None
+
+    def start(self) -> None:
+        """Begin (subclasses); a bare transaction is only ever :meth:`answer`-ed."""
 
     # -- events from the client ----------------------------------------------------------
     def accepts(self, kind: int) -> bool:
-        """Whether the next client event can be handled now (otherwise it waits, and the
-        client is not read from meanwhile)."""
         if kind == ERROR:
             # an error belongs to this request only while it is being received; after that it
             # is the next (pipelined) request's, answered once this one is done
@@ -88,7 +91,6 @@ class Transaction:
             self.abort()
 
     def client_lost(self) -> None:
-        """The client went away before the transaction ended."""
         if not self.done:
             self.finish(False)
 
@@ -100,12 +102,7 @@ class Transaction:
         self.flush()
         head = self.head
         keep = head.keep_alive and not close and not head.has_body
-        fields = list(response.headers.fields())
-        fields = [
-            (k, v)
-            for k, v in fields
-            if k.lower() not in (b"content-length", b"connection", b"transfer-encoding")
-        ]
+        fields = [(k, v) for k, v in response.headers.fields() if k.lower() not in _FRAMING]
         fields.append((b"Content-Length", b"%d" % len(response.body)))
         if not keep:
             fields.append((b"Connection", b"close"))
@@ -116,139 +113,93 @@ class Transaction:
             data += response.body
         self.status = response.status
         self.result = response.result_code or (
-            TCP_DENIED if response.status in (403, 407) else NONE_NONE
+            TCP_DENIED if response.status in (403, 407) else self.error_result()
         )
         self.content_type = (response.headers.get(b"content-type") or b"").decode("latin-1")
         self.bytes_out += len(data)
-        writes.write(self.proto.transport, data)
+        self.conn.write(data)
         if keep and not self.request_done:
             # a bodiless request whose END is still queued: finish when it is consumed
             self.discarding = True
             return
         self.finish(keep)
 
-    # -- waiting on Deferreds (filters, the resolver, connecting) -------------------------
-    _waiting: Deferred[Any] | None = None
+    def error_result(self) -> str:
+        """The result code logged for the proxy's own answers (subclasses refine)."""
+        return NONE_NONE
 
+    def flush(self) -> None:
+        """Send output a subclass holds back (see the relay)."""
+
+    # -- waiting on Deferreds (filters, the resolver, connecting) -------------------------
     def deciding(self) -> bool:
         """Whether the request is still being decided on (filters, a dst rule's lookup)."""
         return False
 
-    def _wait(self, d: Deferred[Any], callback: Any) -> None:
+    def wait(self, d: Deferred[Any], callback: Any) -> None:
         """Wait for a hook's (or the resolver's) Deferred; read nothing from the client
         meanwhile. While deciding, the wait is bounded like a connect (504)."""
         self._waiting = d
-        proto = self.proto
-        proto.pause_reason("filter")
+        conn = self.conn
+        conn.pause("filter")
         if self.deciding():
-            proto.timer.restart(proto.factory.config.timeouts.connect, self._decide_timeout)
+            conn.deadline.restart(self.proxy.config.timeouts.connect, self._decide_timeout)
 
         def done(value: Any) -> None:
             self._waiting = None
-            proto.resume_reason("filter")
+            conn.resume("filter")
             if not self.done:
                 callback(value)
 
         def failed(f: Failure) -> None:
             self._waiting = None
-            proto.resume_reason("filter")
+            conn.resume("filter")
             if not self.done and not f.check(CancelledError):
                 self.fail(f)
 
         d.addCallback(done).addErrback(failed)
 
-    def run_filters(self, hooks: tuple[Any, ...]) -> None:
-        """Run the request (or CONNECT) hooks, then ``self._filtered(answer)`` — synchronously
-        when every hook answers so."""
+    def run_filters(self, hooks: tuple[Any, ...], then: Any) -> None:
+        """Run request (or CONNECT) hooks on :attr:`request`, then ``then(answer)`` —
+        synchronously when every hook answers so."""
         try:
             result = chain.run(hooks, self.request) if hooks else None
         except Exception:
             self.fail(Failure())
             return
         if isinstance(result, Deferred):
-            self._wait(result, self._filtered)
+            self.wait(result, then)
         else:
-            self._filtered(result)
+            then(result)
 
-    def _filtered(self, answer: Response | None) -> None:
-        raise NotImplementedError
-
-    # -- finding the destination (shared by the relay and CONNECT) ---------------------------
-    timer: Any = None
-
-    def resolve_destination(self) -> None:
-        """Resolve ``request.host`` unless a filter already did (the addresses a ``dst`` rule
-        checked are the ones connected to), then :meth:`_resolved`."""
-        req = self.request
-        self.timer = self.proto.timer  # the connection's deadline, idle during a transaction
-        if req.addresses is not None:
-            self._resolved(req.addresses)
-            return
-        result = self.proto.factory.resolver.resolve(req.host)
-        if isinstance(result, Deferred):
-            self._arm_connect()
-            self._wait(result, self._resolved)
-        else:
-            self._resolved(result)
-
-    def _resolved(self, addresses: list[str]) -> None:
-        req = self.request
-        req.addresses = addresses
-        if not addresses:
-            self._error(502, f"cannot resolve {req.host}")
-        elif self.proto.factory.is_self(addresses, req.port, self.proto.local):
-            # a request to the proxy's own address: answered here, never followed
-            self.answer(
-                Response.text(400, f"fwproxy: {req.authority} is this proxy. {USAGE}"), close=True
-            )
-        else:
-            self.connect_upstream()
-
-    def connect_upstream(self) -> None:
-        """Connect to ``request.addresses`` (subclasses)."""
-        raise NotImplementedError
-
-    def _arm_connect(self) -> None:
-        """Name resolution and connecting (not needed for a pooled connection) share one
-        ``timeouts.connect`` budget."""
-        timer = self.timer
-        if timer is not None and timer.expired != self._connect_timeout:
-            timer.restart(self.proto.factory.config.timeouts.connect, self._connect_timeout)
-
-    def _connect_timeout(self) -> None:
+    def cancel_wait(self) -> None:
         if self._waiting is not None:
             d, self._waiting = self._waiting, None
             d.cancel()
-        self._error(504, f"timed out connecting to {self.request.authority}")
 
     def _decide_timeout(self) -> None:
         # answer first: finishing cancels the pending Deferred, whose callbacks then see that
         # the transaction is done (a cancelled lookup may otherwise read as "no addresses")
-        self._error(504, "timed out deciding on the request (name resolution or a filter)")
+        self.error(504, "timed out deciding on the request (name resolution or a filter)")
 
-    def _connect_failed(self, f: Failure) -> None:
-        """Connecting upstream failed: refused or unreachable → 502, timed out → 504."""
-        self._waiting = None
-        if self.done or f.check(CancelledError):
-            return  # whoever cancelled has answered
-        authority = self.request.authority
-        if f.check(ierror.TimeoutError, ierror.ConnectingCancelledError, ierror.UserError):
-            self._error(504, f"timed out connecting to {authority}")
-        elif f.check(ierror.ConnectionRefusedError):
-            self._error(502, f"connection to {authority} refused")
-        else:
-            self._error(502, f"cannot connect to {authority}: {f.getErrorMessage()}")
-
-    def _error(self, status: int, message: str) -> None:
+    # -- ending ---------------------------------------------------------------------------
+    def error(self, status: int, message: str) -> None:
         """Answer ``status`` with a one-line ``message`` (subclasses refine)."""
         self.answer(Response.text(status, f"fwproxy: {message}"), close=True)
 
-    def flush(self) -> None:
-        """Send output a subclass holds back (see RelayTransaction)."""
-
     def fail(self, failure: Failure) -> None:
         """An unexpected error (a filter raised): log it, answer 500 if possible."""
-        log.failure("fwproxy: error in transaction {txn!r}", failure, txn=self)
+        error = failure.value
+        if isinstance(error, chain.FilterError):
+            log.failure(
+                "fwproxy: filter {filter} failed ({hook}) in {txn!r}",
+                error.failure,
+                filter=error.filter,
+                hook=error.hook,
+                txn=self,
+            )
+        else:
+            log.failure("fwproxy: error in transaction {txn!r}", failure, txn=self)
         if self.status == 0 and not self.done:
             self.answer(Response.text(500, "fwproxy: internal error"), close=True)
         else:
@@ -273,10 +224,11 @@ class Transaction:
             return
         self.done = True
         self.cleanup()
-        self.proto.transaction_finished(self, keep_alive and self.request_done)
+        self.conn.transaction_finished(self, keep_alive and self.request_done)
 
     def cleanup(self) -> None:
         """Release timers and upstream resources (subclasses)."""
+        self.cancel_wait()
 
     def record(self) -> TransactionRecord:
         head = self.head
@@ -289,7 +241,7 @@ class Transaction:
             elif lk == b"user-agent":
                 user_agent = v.decode("latin-1")
         return TransactionRecord(
-            client=self.proto.client[0],
+            client=self.conn.client[0],
             method=head.method.decode("latin-1"),
             target=head.target.decode("latin-1"),
             status=self.status,
@@ -309,15 +261,3 @@ class Transaction:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.head.method!r} {self.head.target[:200]!r}>"
-
-
-class LocalTransaction(Transaction):
-    """A request addressed to the proxy itself: health check or usage text."""
-
-    def start(self) -> None:
-        path = self.head.target.split(b"?", 1)[0]
-        if path in HEALTH_PATHS and self.head.method in (b"GET", b"HEAD"):
-            self.logged = False
-            self.answer(Response.text(200, "ok"))
-        else:
-            self.answer(Response.text(400, USAGE), close=True)

@@ -13,41 +13,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from fwproxy import http1, writes
-from fwproxy.http1 import END, ERROR, REST
+from fwproxy.contracts import ClientConnection, ProxyServices, Stream
+from fwproxy.destination import RoutedTransaction
+from fwproxy.http1 import END, ERROR, RequestHead
 from fwproxy.message import Headers, Request, Response
 from fwproxy.record import TCP_TUNNEL, TCP_TUNNEL_ABORTED
+from fwproxy.target import parse_authority
 from fwproxy.timer import Deadline
-from fwproxy.transaction import Transaction
 from fwproxy.upstream import ConnectingProtocol, connect_tcp
 
 ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
-
-
-def parse_authority(target: bytes) -> tuple[str, int]:
-    """``host:port`` or ``[v6]:port`` → ``(host, port)``; raise ValueError otherwise."""
-    t = target.decode("ascii")
-    if t.startswith("["):
-        end = t.find("]")
-        if end < 0 or t[end + 1 : end + 2] != ":":
-            raise ValueError("bad IPv6 authority")
-        host, port_s = t[1:end], t[end + 2 :]
-        if ":" not in host:
-            raise ValueError("brackets around a non-IPv6 host")
-    else:
-        host, sep, port_s = t.rpartition(":")
-        if not sep or not host or ":" in host:
-            raise ValueError("CONNECT needs host:port")
-    if not port_s.isdigit() or not 0 < int(port_s) < 65536:
-        raise ValueError("bad port")
-    if any(c in host for c in " /\\@?#"):
-        raise ValueError("bad host")
-    return host.lower(), int(port_s)
 
 
 @implementer(IHalfCloseableProtocol)
@@ -75,14 +55,16 @@ class TunnelUpstream(ConnectingProtocol):
 
 
 class Tunnel:
-    """Splices the client's transport and the upstream's, with flow control and half-close."""
+    """Splices the client's stream and the upstream's, with flow control and half-close; the
+    client connection's :class:`fwproxy.contracts.RawHandler` once the CONNECT succeeded."""
 
-    def __init__(self, txn: ConnectTransaction, upstream: TunnelUpstream, idle: float) -> None:
+    def __init__(
+        self, txn: ConnectTransaction, client: Stream, upstream: TunnelUpstream, idle: Deadline
+    ) -> None:
         self.txn = txn
-        self.proto = txn.proto
         self.upstream = upstream
-        self.client_t: Any = self.proto.transport
-        self.upstream_t: Any = upstream.transport
+        self.client_t = client
+        self.upstream_t: Stream = upstream.transport
         self._client_eof = False
         self._upstream_eof = False
         self.closed = False
@@ -90,9 +72,7 @@ class Tunnel:
         writes.bulk(self.client_t, self.upstream_t)
         self.upstream_t.registerProducer(self.client_t, True)
         self.client_t.registerProducer(self.upstream_t, True)
-        # the connection's deadline becomes the tunnel's idle timeout
-        self.idle = self.proto.timer
-        self.idle.restart(idle, self.close)
+        self.idle = idle
 
     def client_data(self, data: bytes) -> None:
         self.txn.bytes_in += len(data)
@@ -143,28 +123,18 @@ class Tunnel:
         self.txn.tunnel_closed()
 
 
-class ConnectTransaction(Transaction):
+class ConnectTransaction(RoutedTransaction):
     """A CONNECT request: from its head to the end of its tunnel."""
 
-    def __init__(self, proto: Any, head: http1.RequestHead) -> None:
-        super().__init__(proto, head)
+    def __init__(self, conn: ClientConnection, proxy: ProxyServices, head: RequestHead) -> None:
+        super().__init__(conn, proxy, head)
         self.tunnel: Tunnel | None = None
-        self._waiting: Deferred[Any] | None = None
-        self.timer: Deadline | None = None
-        self._early: list[bytes] = []
         self.result = TCP_TUNNEL
 
     def accepts(self, kind: int) -> bool:
         if kind == ERROR:
             return not self.request_done
-        return kind == END or (kind == REST and self.tunnel is not None)
-
-    def client_event(self, kind: int, payload: Any) -> None:
-        if kind == REST:
-            if payload:
-                self.tunnel.client_data(payload)  # type: ignore[union-attr]
-        else:
-            super().client_event(kind, payload)
+        return kind == END
 
     def start(self) -> None:
         head = self.head
@@ -181,48 +151,59 @@ class ConnectTransaction(Transaction):
             b"",
             Headers._adopt(http1.end_to_end(head.headers)),
             head.version,
-            self.proto.client,
+            self.conn.client,
         )
         request.credentials = http1.proxy_credentials(head.headers)
-        self.run_filters(self.proto.factory.chain.connect)
+        self.run_filters(self.proxy.chain.connect, self.destination_decided)
 
     def deciding(self) -> bool:
-        return self.timer is None and self.status == 0
+        return not self._connecting and self.status == 0
 
-    def _filtered(self, answer: Response | None) -> None:
-        if answer is not None:
-            self.answer(answer, close=True)
-            return
-        self.resolve_destination()
+    _connecting = False
+
+    def close_after_answer(self) -> bool:
+        return True
+
+    def routing(self) -> None:
+        self._connecting = True
 
     def connect_upstream(self) -> None:
         req = self.request
-        self._arm_connect()
-        address = req.addresses[0]
+        self.arm_connect()
+        address = req.addresses[0]  # type: ignore[index]
         self.upstream_address = (
             f"[{address}]:{req.port}" if ":" in address else f"{address}:{req.port}"
         )
-        timeout = self.proto.factory.config.timeouts.connect
+        timeout = self.proxy.config.timeouts.connect
         d = connect_tcp(self.clock, address, req.port, TunnelUpstream, timeout)
         self._waiting = d
-        d.addCallbacks(self._connected, self._connect_failed)
+        d.addCallbacks(self._connected, self.connect_failed)
 
-    def _error(self, status: int, message: str) -> None:
+    def error(self, status: int, message: str) -> None:
         self.upstream_address = ""
-        self.answer(Response.text(status, f"fwproxy: {message}"), close=True)
+        super().error(status, message)
 
     def _connected(self, upstream: TunnelUpstream) -> None:
         self._waiting = None
         if self.done:
-            upstream.transport.loseConnection()  # type: ignore[union-attr]
+            upstream.transport.loseConnection()
             return
         self.status = 200
         self.bytes_out += len(ESTABLISHED)
-        self.proto.transport.write(ESTABLISHED)
-        idle = self.proto.factory.config.timeouts.tunnel_idle
-        self.tunnel = self.proto.start_tunnel(self, upstream, idle)
+        conn = self.conn
+        conn.write(ESTABLISHED)
+        # the connection's deadline becomes the tunnel's idle timeout
+        idle = conn.deadline
+        idle.restart(self.proxy.config.timeouts.tunnel_idle, self._idle)
+        self.tunnel = Tunnel(self, conn.stream, upstream, idle)
+        self._release_head()
+        conn.switch_to_raw(self.tunnel)
 
-    def release_head(self) -> None:
+    def _idle(self) -> None:
+        if self.tunnel is not None:
+            self.tunnel.close()
+
+    def _release_head(self) -> None:
         """The tunnel is up: keep of the request only what its log record needs."""
         keep = (b"user-agent", b"referer")
         self.head.headers = [(k, v) for k, v in self.head.headers if k.lower() in keep]
@@ -239,9 +220,8 @@ class ConnectTransaction(Transaction):
             self.result = TCP_TUNNEL_ABORTED if self.status == 0 else self.result
             super().client_lost()
 
-    def cleanup(self) -> None:
-        if self.timer is not None and self.tunnel is None:
-            self.timer.expired = lambda: None  # the connection re-arms or cancels it
-        if self._waiting is not None:
-            d, self._waiting = self._waiting, None
-            d.cancel()
+    def stalled(self) -> None:
+        if self.tunnel is not None:
+            self.tunnel.close()
+        else:
+            super().stalled()

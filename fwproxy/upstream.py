@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 from typing import Protocol as TypingProtocol
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.python.failure import Failure
@@ -184,9 +184,6 @@ class UpstreamPool:
                 return conn
         return None
 
-    def open_count(self, key: Key) -> int:
-        return self._open.get(key, 0)
-
     def at_limit(self, key: Key) -> bool:
         return bool(self.max_per_host) and self._open.get(key, 0) >= self.max_per_host
 
@@ -213,7 +210,7 @@ class UpstreamPool:
         if not waiters:
             del self._waiters[key]
         if conn is not None and conn.address.rpartition(":")[0].strip("[]") not in addresses:
-            self._close(conn)
+            self.discard(conn)
             conn = None
         if conn is not None:
             conn.reused = True
@@ -241,17 +238,11 @@ class UpstreamPool:
             self._open.pop(key, None)
         self._wake(key, None)
 
-    def acquire(self, key: Key, addresses: list[str], timeout: float) -> Deferred[UpstreamProtocol]:
-        conn = self.take_idle(key, addresses)
-        if conn is not None:
-            return succeed(conn)
-        return self.connect(key, addresses[0], timeout)
-
     def release(self, conn: UpstreamProtocol) -> None:
         """Done with ``conn``: keep it idle if it is reusable and there is room, else close it."""
         conn.handler = None
         if not conn.reusable:
-            self._close(conn)
+            self.discard(conn)
             return
         # a slow client may have paused it on the last write: idle connections must read, to
         # notice the origin closing them
@@ -259,23 +250,31 @@ class UpstreamPool:
         if self._wake(conn.key, conn):
             return
         if self.max_idle_per_host == 0:
-            self._close(conn)
+            self.discard(conn)
             return
         conns = self._idle.setdefault(conn.key, [])
         if len(conns) >= self.max_idle_per_host:
-            self._close(conns.pop(0))
+            self.discard(conns.pop(0))
         conns.append(conn)
         conn._idle_call = self._reactor.callLater(self.idle_timeout, self._expire, conn)
 
     def _expire(self, conn: UpstreamProtocol) -> None:
         conn._idle_call = None
-        self._close(conn)
+        self.discard(conn)
 
     @staticmethod
-    def _close(conn: UpstreamProtocol) -> None:
+    def discard(conn: UpstreamProtocol) -> None:
+        """Close ``conn`` rather than keep it (its exchange did not end cleanly)."""
         conn.handler = None
         if conn.transport is not None:
             conn.transport.loseConnection()
+
+    @staticmethod
+    def abort(conn: UpstreamProtocol) -> None:
+        """Drop ``conn`` at once (a reset, not a close): its response is not wanted."""
+        conn.handler = None
+        if conn.transport is not None:
+            conn.transport.abortConnection()
 
     def _lost(self, conn: UpstreamProtocol) -> None:
         self._closed(conn.key)
@@ -288,5 +287,5 @@ class UpstreamPool:
     def close_all(self) -> None:
         for conns in list(self._idle.values()):
             for conn in list(conns):
-                self._close(conn)
+                self.discard(conn)
         self._idle.clear()

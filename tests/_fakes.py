@@ -1,6 +1,6 @@
 """In-memory doubles for fwproxy's protocol tests: no sockets, no real time.
 
-:class:`Harness` builds a :class:`fwproxy.server.ProxyFactory` on a ``MemoryReactorClock`` with a
+:class:`Harness` builds a :class:`fwproxy.factory.ProxyFactory` on a ``MemoryReactorClock`` with a
 :class:`FakeResolver`; :meth:`Harness.connect` makes a client connection over a
 :class:`FakeTransport`, and :meth:`Harness.accept` completes an upstream connection the proxy
 asked the reactor for (``reactor.tcpClients``) by building the protocol from the recorded
@@ -32,7 +32,7 @@ from fwproxy.filters.accesslog import AccessLog
 from fwproxy.interfaces import IResolver, ITransactionObserver
 from fwproxy.plugins import FilterContext
 from fwproxy.record import TransactionRecord
-from fwproxy.server import ProxyFactory, build_filters
+from fwproxy.factory import ProxyFactory, build_filters
 
 #: Distinct values for every timeout, so a test can tell which one fired.
 BASE_CONFIG = """

@@ -1,4 +1,4 @@
-"""The client side of the proxy (fwproxy.server, fwproxy.transaction), in memory.
+"""The client side of the proxy (fwproxy.protocol, fwproxy.transaction), in memory.
 
 Each test drives a ProxyProtocol over a StringTransport, completes the upstream connections the
 proxy asks MemoryReactorClock for by hand, and moves time with ``clock.advance``.
@@ -87,7 +87,7 @@ def test_doubles_and_protocol_provide_their_interfaces(h: Harness) -> None:
     verifyObject(IConnectionFilter, ConnectionHook(lambda: None))
     c = h.connect()
     verifyObject(IHalfCloseableProtocol, c.proto)
-    verifyObject(IPushProducer, c.proto.producer)
+    verifyObject(IPushProducer, c.proto.upstream_producer)
 
 
 # -- relaying a GET ------------------------------------------------------------------------------

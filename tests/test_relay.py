@@ -564,7 +564,7 @@ def test_slow_upstream_pauses_the_client_upload(h: Harness) -> None:
     c.send(get(method=b"POST", headers=b"Content-Length: 12\r\n") + b"0123")
     up = h.accept()
     assert up.take() == (b"POST / HTTP/1.1\r\nHost: example.com\r\nContent-Length: 12\r\n\r\n0123")
-    assert up.transport.producer is c.proto.producer and up.transport.streaming
+    assert up.transport.producer is c.proto.upstream_producer and up.transport.streaming
     up.transport.full = True
     c.send(b"4567")
     assert c.paused

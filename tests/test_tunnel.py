@@ -15,7 +15,8 @@ from zope.interface.verify import verifyObject
 from fwproxy.interfaces import IConnectFilter
 from fwproxy.message import Request, Response
 from fwproxy.record import TCP_DENIED, TCP_TUNNEL, TCP_TUNNEL_ABORTED
-from fwproxy.tunnel import ESTABLISHED, TunnelUpstream, parse_authority
+from fwproxy.target import parse_authority
+from fwproxy.tunnel import ESTABLISHED, TunnelUpstream
 from tests._fakes import (
     BASE_CONFIG,
     ORIGIN_IP,

@@ -18,7 +18,13 @@ from zope.interface import implementer, provider
 
 from fwproxy.acl import AccessPolicy, AclContext, NeedAddresses, NeedCredentials, client_ip
 from fwproxy.auth import RATE_LIMITED
-from fwproxy.interfaces import IConnectFilter, IFilterContext, IFilterFactory, IRequestFilter
+from fwproxy.interfaces import (
+    IConnectFilter,
+    IDestinationCheck,
+    IFilterContext,
+    IFilterFactory,
+    IRequestFilter,
+)
 from fwproxy.message import Request, Response
 from fwproxy.record import TCP_DENIED
 
@@ -29,7 +35,7 @@ def denied(request: Request) -> Response:
     return Response.text(403, f"fwproxy: access denied to {request.url}", TCP_DENIED)
 
 
-@implementer(IRequestFilter, IConnectFilter)
+@implementer(IRequestFilter, IConnectFilter, IDestinationCheck)
 class AclFilter:
     """Allows or denies each request by the first matching rule of an :class:`AccessPolicy`.
 
@@ -88,7 +94,7 @@ class AclFilter:
         addrs.addCallback(lambda a: self._resolved(request, a))
         return addrs
 
-    connectReceived = requestReceived
+    connectReceived = checkDestination = requestReceived
 
     def _resolved(self, request: Request, addresses: list[str]) -> Any:
         request.addresses = list(addresses)
@@ -114,6 +120,7 @@ class AclFilter:
 
     def _verdict(self, request: Request, allowed: bool) -> Response | None:
         if allowed:
+            request.checked = request.destination
             return None
         if self._auth is not None and request.notes.get(_AUTH_TRIED) and not request.user:
             response = Response.text(407, "fwproxy: proxy authentication required", TCP_DENIED)
@@ -130,6 +137,7 @@ class AclFilter:
         if not allowed:
             return self._verdict(request, False)
         request.addresses = allowed
+        request.checked = request.destination
         return None
 
 

@@ -1,4 +1,4 @@
-"""An in-memory proxy for protocol-level tests: :class:`fwproxy.server.ProxyFactory` on a
+"""An in-memory proxy for protocol-level tests: :class:`fwproxy.factory.ProxyFactory` on a
 ``MemoryReactorClock``, one client connection and every upstream connection on
 ``StringTransport``, and a fake resolver. No sockets, no real time.
 
@@ -24,7 +24,7 @@ from fwproxy.filters.accesslog import AccessLog
 from fwproxy.http1 import END, ERROR, REST, RequestReader
 from fwproxy.interfaces import IResolver
 from fwproxy.plugins import FilterContext
-from fwproxy.server import ProxyFactory, build_filters
+from fwproxy.factory import ProxyFactory, build_filters
 from fwproxy.tunnel import TunnelUpstream
 from fwproxy.upstream import UpstreamProtocol
 

@@ -5,7 +5,7 @@
     ``HEAD END REST``, or an ``ERROR`` last, nothing after it); and feeding the same bytes in one
     piece or in random pieces gives the same heads, bodies, errors (BODY boundaries aside).
 
-(b) A whole client connection: :class:`fwproxy.server.ProxyFactory` on a ``MemoryReactorClock``
+(b) A whole client connection: :class:`fwproxy.factory.ProxyFactory` on a ``MemoryReactorClock``
     with a fake resolver, the client and every upstream on ``StringTransport``. Any bytes, in any
     split, with upstreams that answer, refuse, or never answer: nothing raises out of the
     protocol and nothing is logged as a failure; after the clock has passed every configured

@@ -1,0 +1,382 @@
+# -*- test-case-name: tests.test_protocol -*-
+"""One client connection: :class:`ProxyProtocol`, the :class:`fwproxy.contracts.ClientConnection`
+every transaction talks to.
+
+The protocol only moves bytes: it feeds what the client sends to a
+:class:`fwproxy.http1.RequestReader`, queues the events, and hands them one at a time to the
+current transaction (chosen by :mod:`fwproxy.dispatch`). An event the transaction cannot take yet
+(a pipelined request, a body chunk while the upstream is still being connected) stays queued and
+the client is not read from until it is taken: at most one read's worth of data is ever buffered
+per connection. Once a transaction switches the connection to raw bytes (a tunnel), everything
+goes to its :class:`fwproxy.contracts.RawHandler`.
+
+Reading from the client is paused for several independent reasons (queued events, a full
+upstream write buffer, a pending filter, a pending connection filter); it resumes only when none
+is left.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from fwproxy import chain, writes
+from fwproxy.admission import Admission
+from fwproxy.contracts import (
+    ClientTransaction,
+    PauseReason,
+    ProxyServices,
+    RawHandler,
+    Stream,
+)
+from fwproxy.dispatch import transaction_kind
+from fwproxy.http1 import END, ERROR, HEAD, REST, ProtocolError, RequestHead, RequestReader
+from fwproxy.message import Response
+from fwproxy.timer import Deadline
+from fwproxy.transaction import Transaction
+
+log = Logger()
+
+_REASONS: dict[str, int] = {"queue": 1, "upstream": 2, "filter": 4, "connection-filter": 8}
+
+
+@implementer(IPushProducer)
+class _ReasonProducer:
+    """Lets a consumer (an upstream transport) pause the client under one named reason."""
+
+    def __init__(self, proto: ProxyProtocol, reason: PauseReason) -> None:
+        self._proto = proto
+        self._reason: PauseReason = reason
+
+    def pauseProducing(self) -> None:
+        self._proto.pause(self._reason)
+
+    def resumeProducing(self) -> None:
+        self._proto.resume(self._reason)
+
+    def stopProducing(self) -> None:
+        self._proto.stream.loseConnection()
+
+
+def _bool_or_none(value: Any) -> Any:
+    # chain.run stops at the first non-None answer: "True" (serve) must let later hooks run
+    if isinstance(value, Deferred):
+        return value.addCallback(lambda v: None if v is True else v)
+    return None if value is True else value
+
+
+@implementer(IHalfCloseableProtocol)
+class ProxyProtocol(Protocol):
+    """One client connection (see the module docstring)."""
+
+    #: a TCP (or TLS, UNIX, PROXY-protocol) transport: IPushProducer and IHalfCloseable too
+    transport: Any
+
+    def __init__(self, proxy: ProxyServices, admission: Admission) -> None:
+        self.proxy = proxy
+        self.admission = admission
+        limits = proxy.config.limits
+        self.reader: RequestReader | None = RequestReader(
+            limits.max_header_size, limits.max_headers, limits.max_target
+        )
+        # a list, not a deque: it holds a few events at most, and an idle connection (a tunnel)
+        # should cost as little memory as possible
+        self.queue: list[tuple[int, Any]] = []
+        self.current: ClientTransaction | None = None
+        self.raw: RawHandler | None = None
+        self.upstream_producer = _ReasonProducer(self, "upstream")
+        self.client: tuple[str, int] = ("", 0)
+        self.local: tuple[str, int] = ("", 0)
+        self._pauses = 0  # a bit per reason (see _REASONS)
+        self._rest = False  # the reader has handed over the rest of the stream (REST events)
+        self._read_closed = False
+        self._processing = False
+        self._closing = False
+        self._idle_mode = True
+        self._identified = False
+        self._held: list[bytes] | None = None
+        self._deadline: Deadline | None = None
+
+    # -- the ClientConnection contract ----------------------------------------------------
+    @property
+    def deadline(self) -> Deadline:
+        assert self._deadline is not None
+        return self._deadline
+
+    @property
+    def stream(self) -> Stream:
+        return self.transport  # type: ignore[no-any-return]
+
+    def write(self, data: bytes) -> None:
+        writes.write(self.transport, data)
+
+    def pause(self, reason: PauseReason) -> None:
+        if not self._pauses and self.transport is not None:
+            self.transport.pauseProducing()
+        self._pauses |= _REASONS[reason]
+
+    def resume(self, reason: PauseReason) -> None:
+        bit = _REASONS[reason]
+        if self._pauses & bit:
+            self._pauses &= ~bit
+            if not self._pauses and self.transport is not None and not self._closing:
+                self.transport.resumeProducing()
+
+    def switch_to_raw(self, handler: RawHandler) -> None:
+        self.raw = handler
+        early = [p for k, p in self.queue if k == REST]
+        self.queue.clear()
+        self._pauses = 0
+        # the HTTP side of this connection is over: let go of what it held
+        self.reader = None
+        for data in early:
+            if data:
+                handler.client_data(data)
+        self.transport.resumeProducing()
+        if self._read_closed:
+            handler.client_eof()
+
+    def transaction_finished(self, txn: ClientTransaction, keep_alive: bool) -> None:
+        if txn is not self.current:
+            return
+        self.current = None
+        if txn.logged:
+            self.proxy.observe(txn.record())
+        raw_done = self._rest and not any(k == HEAD for k, _ in self.queue)
+        if not keep_alive or raw_done or self.raw is not None or self.proxy.draining:
+            self._close()
+            return
+        timeouts = self.proxy.config.timeouts
+        if self.reader is not None and self.reader.head_started:
+            # part of the next head is already here: it must complete in time
+            self._idle_mode = False
+            self.deadline.restart(timeouts.request_header, self._header_timeout)
+        else:
+            self._idle_mode = True
+            self.deadline.restart(timeouts.client_idle, self._idle_timeout)
+        self.process()
+
+    # -- connection ------------------------------------------------------------------------
+    def connectionMade(self) -> None:
+        self._address()
+        try:
+            self.transport.setTcpNoDelay(True)
+        except (AttributeError, OSError):
+            pass
+        refusal = self.admission.admit(self, self.client[0])
+        if refusal is not None:
+            self._refuse(refusal)
+            return
+        self._deadline = Deadline(
+            self.proxy.reactor, self.proxy.config.timeouts.request_header, self._idle_timeout
+        )
+
+    def _address(self) -> None:
+        peer, host = self.transport.getPeer(), self.transport.getHost()
+        self.client = (getattr(peer, "host", "") or "", getattr(peer, "port", 0) or 0)
+        self.local = (getattr(host, "host", "") or "", getattr(host, "port", 0) or 0)
+
+    def _refuse(self, answer: bytes) -> None:
+        self._closing = True
+        self.transport.write(answer)
+        self.transport.loseConnection()
+
+    def _identify(self) -> bool:
+        """First bytes from the client: from here its address is final (a PROXY-protocol
+        listener has parsed its header by now). Connection filters run here. Returns whether
+        the bytes may be read now."""
+        self._identified = True
+        before = self.client[0]
+        self._address()
+        if self.client[0] != before:
+            # a PROXY-protocol header named the real client: count it, not the balancer
+            refusal = self.admission.recount(self, self.client[0])
+            if refusal is not None:
+                self._refuse(refusal)
+                return False
+        hooks = self.proxy.chain.connection
+        if not hooks:
+            return True
+
+        def decide(ok: object) -> None:
+            held, self._held = self._held, None
+            if ok is False:
+                self._close()
+                return
+            self.resume("connection-filter")
+            for data in held or ():
+                self.dataReceived(data)
+            if self._read_closed and not self._closing:
+                self.readConnectionLost()
+
+        def failed(f: Failure) -> None:
+            log.failure("fwproxy: connection filter failed", f)
+            self._close()
+
+        try:
+            result = chain.run(
+                [lambda *a, h=h: _bool_or_none(h(*a)) for h in hooks], self.client, self.local
+            )
+        except Exception:
+            failed(Failure())
+            return False
+        if isinstance(result, Deferred):
+            self._held = []
+            self.pause("connection-filter")
+            result.addCallbacks(decide, failed)
+            return False
+        if result is False:
+            self._close()
+            return False
+        return True
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.raw is not None:
+            self.raw.client_data(data)
+            return
+        if self._closing:
+            return
+        if not self._identified and not self._identify():
+            if self._held is not None:
+                self._held.append(data)
+            return
+        if self._held is not None:
+            self._held.append(data)
+            return
+        if self._rest or self.reader is None:
+            self.queue.append((REST, data))
+        else:
+            if self._idle_mode and self.current is None:
+                # the first byte of a request head: from now on, the head must arrive in time
+                self._idle_mode = False
+                self.deadline.restart(
+                    self.proxy.config.timeouts.request_header, self._header_timeout
+                )
+            events = self.reader.feed(data)
+            if events:
+                for kind, _ in events:
+                    if kind == REST:
+                        self._rest = True
+                self.queue.extend(events)
+        self.process()
+
+    def process(self) -> None:
+        """Hand queued events to the current transaction while it takes them."""
+        if self._processing:
+            return
+        self._processing = True
+        try:
+            q = self.queue
+            while q and not self._closing:
+                kind, payload = q[0]
+                cur = self.current
+                if cur is None:
+                    del q[0]
+                    if kind == HEAD:
+                        self._start(payload)
+                    elif kind == ERROR:
+                        self._protocol_error(payload)
+                elif cur.accepts(kind):
+                    del q[0]
+                    cur.client_event(kind, payload)
+                else:
+                    break
+        finally:
+            self._processing = False
+        if self._closing:
+            return
+        if self.queue:
+            self.pause("queue")
+        else:
+            self.resume("queue")
+            if self._read_closed and self.current is None:
+                self._close()
+
+    def _start(self, head: RequestHead) -> None:
+        # the request-header deadline keeps running: the transaction re-arms it for its own
+        # phases; until it does (a filter's Deferred may be pending), the request must be
+        # decided within what is left of it
+        self._idle_mode = False
+        txn = transaction_kind(head)(self, self.proxy, head)
+        self.current = txn
+        try:
+            txn.start()
+        except Exception:
+            txn.fail(Failure())
+
+    def _answer_error(self, target: bytes, status: int, message: str) -> None:
+        """Answer a request that never became a transaction (unparseable, too slow), and close."""
+        head = RequestHead(b"NONE", target, "1.1", [], False, False, None)
+        txn = Transaction(self, self.proxy, head)
+        self.current = txn
+        txn.answer(Response.text(status, f"fwproxy: {message}"), close=True)
+
+    def _protocol_error(self, error: ProtocolError) -> None:
+        self._answer_error(b"error:invalid-request", error.status, error.message)
+
+    # -- timeouts --------------------------------------------------------------------------
+    def _idle_timeout(self) -> None:
+        if self.current is None and self.raw is None:
+            self._close()
+
+    def _header_timeout(self) -> None:
+        if self.current is not None:
+            self.current.stalled()
+        elif self.raw is None:
+            self._answer_error(b"error:request-timeout", 408, "request header timeout")
+
+    # -- closing ---------------------------------------------------------------------------
+    def _close(self) -> None:
+        if not self._closing:
+            self._closing = True
+            self.queue.clear()
+            if self._deadline is not None:
+                self._deadline.cancel()
+            self.transport.loseConnection()
+
+    def readConnectionLost(self) -> None:
+        self._read_closed = True
+        if self._held is not None:
+            return  # a connection filter is deciding: handled once the held bytes are read
+        if self.raw is not None:
+            self.raw.client_eof()
+            return
+        cur = self.current
+        if cur is not None:
+            if not cur.request_done and not any(k == END or k == ERROR for k, _ in self.queue):
+                cur.client_lost()  # the client gave up in the middle of its request
+                self._close()
+            return
+        self.process()
+        if self.current is None and not self._closing:
+            self._close()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def drain(self) -> None:
+        """The proxy is shutting down: close now if idle, else after the current transaction."""
+        if self.current is None and self.raw is None and not self.queue:
+            self._close()
+
+    @property
+    def busy_tunnel(self) -> bool:
+        return self.raw is not None
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self._closing = True
+        self.admission.forget(self)
+        if self._deadline is not None:
+            self._deadline.cancel()
+        self.queue.clear()
+        if self.raw is not None:
+            self.raw.client_lost()
+        cur = self.current
+        if cur is not None:
+            cur.client_lost()

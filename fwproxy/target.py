@@ -1,0 +1,60 @@
+# -*- test-case-name: tests.test_target -*-
+"""Request targets, sans-IO: the absolute-form URI of a relayed request and the authority of a
+CONNECT, each turned into the destination the proxy connects to (or a 400 explaining why not).
+"""
+
+from __future__ import annotations
+
+import httptools
+
+from fwproxy.http1 import ProtocolError
+
+
+def parse_absolute(target: bytes) -> tuple[str, int, bytes, bytes]:
+    """``(host, port, origin_form, host_header)`` of an absolute-form ``http://`` target.
+
+    :raise ProtocolError: 400 for anything else.
+    """
+    try:
+        url = httptools.parse_url(target)
+    except httptools.HttpParserInvalidURLError:
+        raise ProtocolError(400, "malformed request target") from None
+    scheme = (url.schema or b"").lower()
+    if scheme != b"http":
+        if scheme == b"https":
+            raise ProtocolError(400, "https:// URLs go through a tunnel: use CONNECT host:443")
+        raise ProtocolError(400, "only http:// URLs can be relayed")
+    host = (url.host or b"").lower()
+    if not host or b" " in host or b"\t" in host or b"\\" in host:
+        raise ProtocolError(400, "the request target has no host")
+    port = url.port or 80
+    path = url.path or b"/"
+    if not path.startswith(b"/"):
+        path = b"/" + path
+    if url.query is not None:
+        path += b"?" + url.query
+    hh = b"[" + host + b"]" if b":" in host else host
+    if url.port is not None:
+        hh += b":%d" % url.port
+    return host.decode("ascii", "replace"), port, path, hh
+
+
+def parse_authority(target: bytes) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` → ``(host, port)``; raise ValueError otherwise."""
+    t = target.decode("ascii")
+    if t.startswith("["):
+        end = t.find("]")
+        if end < 0 or t[end + 1 : end + 2] != ":":
+            raise ValueError("bad IPv6 authority")
+        host, port_s = t[1:end], t[end + 2 :]
+        if ":" not in host:
+            raise ValueError("brackets around a non-IPv6 host")
+    else:
+        host, sep, port_s = t.rpartition(":")
+        if not sep or not host or ":" in host:
+            raise ValueError("CONNECT needs host:port")
+    if not port_s.isdigit() or not 0 < int(port_s) < 65536:
+        raise ValueError("bad port")
+    if any(c in host for c in " /\\@?#"):
+        raise ValueError("bad host")
+    return host.lower(), int(port_s)
