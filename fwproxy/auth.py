@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_auth -*-
+# -*- test-case-name: tests.attack.test_auth -*-
 """Proxy authentication: ``Proxy-Authorization: Basic`` checked through ``twisted.cred``.
 
 - :class:`HtpasswdChecker` is an ``ICredentialsChecker`` over an htpasswd file with bcrypt

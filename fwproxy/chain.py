@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_filters -*-
+# -*- test-case-name: tests.test_chain -*-
 """Runs the configured filters' hooks in order, synchronously where every hook answers so.
 
 :meth:`FilterChain.run` calls each hook in turn; the first that answers with something other

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_filters -*-
+# -*- test-case-name: tests.test_plugins -*-
 """Finding filter factories by name: built-ins, ``twisted.plugin`` dropins, dotted paths."""
 
 from __future__ import annotations

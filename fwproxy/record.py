@@ -5,13 +5,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-#: squid-style result codes fwproxy produces
+# Squid-style result codes, public names for filters, observers and log readers: what
+# ``TransactionRecord.result`` holds (a filter's Response may carry any of them in
+# ``result_code``). They keep Squid's meanings so that log tooling written for Squid reads them.
+
+#: a request relayed to the origin and its response relayed back
 TCP_MISS = "TCP_MISS"
+#: a relayed request that ended early: the client or the origin went away mid-response
 TCP_MISS_ABORTED = "TCP_MISS_ABORTED"
+#: a CONNECT tunnel that was established (and has ended, whichever side closed it)
 TCP_TUNNEL = "TCP_TUNNEL"
+#: a CONNECT whose client went away before the tunnel ended cleanly
 TCP_TUNNEL_ABORTED = "TCP_TUNNEL_ABORTED"
+#: denied by the access rules or authentication (403, 407, 429)
 TCP_DENIED = "TCP_DENIED"
+#: answered by the proxy itself without going upstream (a malformed request, a timeout)
 NONE_NONE = "NONE_NONE"
+
+#: every result code fwproxy logs
+RESULT_CODES = (TCP_MISS, TCP_MISS_ABORTED, TCP_TUNNEL, TCP_TUNNEL_ABORTED, TCP_DENIED, NONE_NONE)
 
 
 @dataclass

@@ -14,12 +14,12 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IResolutionReceiver
 from zope.interface import implementer
 
-from fwproxy.acl import client_ip
 from fwproxy.interfaces import IResolver
+from fwproxy.selfcheck import parse_ip
 
 
 def is_ip(host: str) -> bool:
-    return client_ip(host) is not None  # cached: this is asked for every request
+    return parse_ip(host) is not None  # cached: this is asked for every request
 
 
 @implementer(IResolutionReceiver)

@@ -28,11 +28,11 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from fwproxy.config import loads
+from fwproxy.factory import ProxyFactory, build_filters
 from fwproxy.filters.accesslog import AccessLog
 from fwproxy.interfaces import IResolver, ITransactionObserver
 from fwproxy.plugins import FilterContext
 from fwproxy.record import TransactionRecord
-from fwproxy.factory import ProxyFactory, build_filters
 
 #: Distinct values for every timeout, so a test can tell which one fired.
 BASE_CONFIG = """

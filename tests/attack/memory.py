@@ -20,11 +20,11 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from fwproxy.config import Config, loads
+from fwproxy.factory import ProxyFactory, build_filters
 from fwproxy.filters.accesslog import AccessLog
 from fwproxy.http1 import END, ERROR, REST, RequestReader
 from fwproxy.interfaces import IResolver
 from fwproxy.plugins import FilterContext
-from fwproxy.factory import ProxyFactory, build_filters
 from fwproxy.tunnel import TunnelUpstream
 from fwproxy.upstream import UpstreamProtocol
 

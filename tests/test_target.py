@@ -1,0 +1,45 @@
+"""Request targets (fwproxy.target): absolute-form URIs and CONNECT authorities."""
+
+from __future__ import annotations
+
+import pytest
+
+from fwproxy.http1 import ProtocolError
+from fwproxy.target import parse_absolute, parse_authority
+
+
+@pytest.mark.parametrize(
+    "target, expected",
+    [
+        (b"http://example.com/", ("example.com", 80, b"/", b"example.com")),
+        (b"http://EXAMPLE.com:8080/a?b=c", ("example.com", 8080, b"/a?b=c", b"example.com:8080")),
+        (b"http://example.com", ("example.com", 80, b"/", b"example.com")),
+        (b"http://[::1]:81/x", ("::1", 81, b"/x", b"[::1]:81")),
+        (b"HTTP://example.com/", ("example.com", 80, b"/", b"example.com")),
+    ],
+)
+def test_absolute_targets(target: bytes, expected: tuple[str, int, bytes, bytes]) -> None:
+    assert parse_absolute(target) == expected
+
+
+@pytest.mark.parametrize(
+    "target, message",
+    [
+        (b"https://example.com/", "use CONNECT"),
+        (b"ftp://example.com/", "only http://"),
+        (b"http:///path", "malformed"),
+        (b"http://exa mple.com/", ""),
+    ],
+)
+def test_bad_absolute_targets_are_400(target: bytes, message: str) -> None:
+    with pytest.raises(ProtocolError) as e:
+        parse_absolute(target)
+    assert e.value.status == 400 and message in e.value.message
+
+
+@pytest.mark.parametrize(
+    "authority", [b"example.com", b"example.com:0", b"example.com:99999", b"[::1]", b"a/b:443"]
+)
+def test_bad_authorities(authority: bytes) -> None:
+    with pytest.raises(ValueError):
+        parse_authority(authority)
