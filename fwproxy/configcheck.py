@@ -47,11 +47,14 @@ class Problems:
 
     def __init__(self, source: str, text: str) -> None:
         self.source = source
-        self._where = key_lines(text)
+        self._text = text
+        self._where: dict[Path, int] | None = None  # scanned at the first problem
         self._found: list[tuple[int, str]] = []
 
     def line_of(self, path: Path) -> int | None:
         """The line of ``path``, or of the nearest enclosing key the file has."""
+        if self._where is None:
+            self._where = key_lines(self._text)
         while path:
             if path in self._where:
                 return self._where[path]

@@ -10,7 +10,15 @@ import pytest
 
 from fwproxy.acl import AccessPolicy, AclContext, client_ip, predefined
 from fwproxy.cli import main
-from fwproxy.config import DEFAULT_NAME, Config, ConfigError, default_text, load, loads
+from fwproxy.config import (
+    DEFAULT_NAME,
+    Config,
+    ConfigError,
+    default_text,
+    load,
+    loads,
+    parse,
+)
 from fwproxy.configcheck import LINKLOCAL
 
 MAIN = Path(__file__).resolve().parent.parent
@@ -547,6 +555,16 @@ def test_filters_keep_their_index_after_an_entry_without_a_name():
     ]
 
 
+def test_without_the_text_problems_have_no_line_and_keep_their_order():
+    with pytest.raises(ConfigError) as e:
+        parse({"timeouts": {"connect": -1}, "bogus": 1}, "x.toml")
+    assert e.value.problems == [
+        "x.toml: bogus: unknown key (known: proxy, timeouts, limits, pool, auth, acl, access, "
+        "headers, log, filters)",
+        "x.toml: timeouts.connect: must be greater than 0, got -1",
+    ]
+
+
 def test_load_names_the_file(tmp_path):
     path = tmp_path / "proxy.toml"
     path.write_text('[acl.lan]\nsrc = ["10.0.0.0/33"]\n')
@@ -725,6 +743,16 @@ def test_cli_errors_go_to_stderr_one_per_line(tmp_path, capsys):
     lines = err.splitlines()
     assert len(lines) == 2
     assert all(re.match(re.escape(path) + r":\d+: \S+: ", line) for line in lines)
+
+
+def test_cli_reports_every_problem_in_line_order(tmp_path, capsys):
+    path = write(tmp_path, MANY_ERRORS)
+    assert main(["check-config", path]) == 1
+    out, err = capsys.readouterr()
+    lines = err.splitlines()
+    assert out == "" and len(lines) == 13
+    numbers = [int(re.match(re.escape(path) + r":(\d+): \S+: ", line)[1]) for line in lines]
+    assert numbers == sorted(numbers) and numbers[0] == 2 and numbers[-1] == 34
 
 
 def test_cli_toml_error(tmp_path, capsys):
