@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_structure -*-
 """fwproxy: a forward (egress) HTTP proxy and a framework for building one, on Twisted.
 
 Public names: :class:`ProxyFactory` (a protocol factory for any stream endpoint),

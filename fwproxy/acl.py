@@ -432,14 +432,15 @@ def parse_rule(text: str, acls: dict[str, Acl], where: str = "access.rules") -> 
         raise AclError(f'{where}: {text!r} must start with "allow" or "deny"')
     if len(words) == 1:
         raise AclError(f'{where}: {text!r} names no ACL (write "{words[0]} all")')
-    terms = []
-    for w in words[1:]:
-        negated = w.startswith("!")
-        name = w[1:] if negated else w
-        if name not in acls:
-            raise AclError(f"{where}: {text!r} uses ACL {name!r}, which is not defined")
-        terms.append((acls[name], negated))
-    return Rule(words[0] == "allow", tuple(terms), " ".join(words))
+    named = [(w[1:], True) if w.startswith("!") else (w, False) for w in words[1:]]
+    missing = [name for name, _ in named if name not in acls]
+    if missing:
+        which = "ACL" if len(missing) == 1 else "ACLs"
+        are = "is" if len(missing) == 1 else "are"
+        listed = ", ".join(map(repr, missing))
+        raise AclError(f"{where}: {text!r} uses {which} {listed}, which {are} not defined")
+    terms = tuple((acls[name], negated) for name, negated in named)
+    return Rule(words[0] == "allow", terms, " ".join(words))
 
 
 def _restricts_source(acl: Acl) -> bool:
@@ -450,18 +451,6 @@ def _restricts_source(acl: Acl) -> bool:
 
 class AccessPolicy:
     """An ordered list of rules; the first match decides, no match denies."""
-
-    def reaches_linklocal(self) -> bool:
-        """Whether an ``allow`` rule comes before any rule that denies ``to_linklocal``
-        unconditionally (and does not itself exclude ``!to_linklocal``): a client could then
-        reach the cloud metadata service."""
-        for r in self.rules:
-            names = [(acl.name, neg) for acl, neg in r.terms]
-            if not r.allow and names == [("to_linklocal", False)]:
-                return False
-            if r.allow and ("to_linklocal", True) not in names:
-                return True
-        return False
 
     def __init__(self, rules: Sequence[Rule]) -> None:
         self.rules = tuple(rules)

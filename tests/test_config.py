@@ -8,9 +8,18 @@ from pathlib import Path
 
 import pytest
 
-from fwproxy.acl import AccessPolicy, AclContext, client_ip
+from fwproxy.acl import AccessPolicy, AclContext, client_ip, predefined
 from fwproxy.cli import main
-from fwproxy.config import DEFAULT_NAME, Config, ConfigError, default_text, load, loads
+from fwproxy.config import (
+    DEFAULT_NAME,
+    Config,
+    ConfigError,
+    default_text,
+    load,
+    loads,
+    parse,
+)
+from fwproxy.configcheck import LINKLOCAL
 
 MAIN = Path(__file__).resolve().parent.parent
 ETC = MAIN / "etc" / "fwproxy.toml"
@@ -209,7 +218,7 @@ ERRORS = [
         '[acl.p]\nport = ["http"]\n', 2, "acl.p.port", "is not a port or range", id="port-name"
     ),
     pytest.param('[acl.t]\ntime = ["X 09:00"]\n', 2, "acl.t.time", "is not like", id="bad-time"),
-    pytest.param('[acl.t]\nfoo = ["x"]\n', 1, "acl.t", "unknown type 'foo'", id="unknown-acl-type"),
+    pytest.param('[acl.t]\nfoo = ["x"]\n', 2, "acl.t", "unknown type 'foo'", id="unknown-acl-type"),
     pytest.param(
         '[acl.t]\nsrc = ["10.0.0.0/8"]\nport = [80]\n',
         1,
@@ -222,7 +231,7 @@ ERRORS = [
     ),
     pytest.param(
         '[access]\nrules = [\n  "allow nope",\n]\n',
-        2,
+        3,
         "access.rules",
         "'allow nope' uses ACL 'nope', which is not defined",
         id="undefined-acl",
@@ -372,7 +381,7 @@ ERRORS = [
         id="bad-filter-options",
     ),
     pytest.param(
-        "[[filters]]\noptions = {}\n", 1, "filters", "needs name", id="filter-without-name"
+        "[[filters]]\noptions = {}\n", 1, "filters[0]", "needs name", id="filter-without-name"
     ),
 ]
 
@@ -405,6 +414,155 @@ def test_several_problems_are_all_reported():
     found = problems(text)
     assert len(found) == 3
     assert [p.split(": ")[1] for p in found] == ["timeouts.connect", "acl.a.src", "headers.via"]
+
+
+# Eight kinds of mistake in one file, sections out of their usual order.
+MANY_ERRORS = """\
+[log]
+format = "xml"
+
+[headers]
+via = "yes"
+forwarded_for = "maybe"
+
+[acl.ports]
+port = [
+  80,
+  70000,
+  "http",
+]
+
+[acl.lan]
+src = ["10.0.0.0/33"]
+
+[access]
+rules = [
+  "allow lan ports",
+  "allow lan nope also_nope",
+  "permit all",
+]
+
+[timeouts]
+connect = -1
+
+[proxy]
+listen = ["tcp:3128", "tcp:99999", "bogus:1"]
+
+[[filters]]
+options = {}
+
+[[filters]]
+name = "nosuch"
+"""
+
+
+def test_every_problem_is_reported_once_in_line_order():
+    found = problems(MANY_ERRORS)
+    assert [(int(p.split(":")[1]), p.split(": ")[1]) for p in found] == [
+        (2, "log.format"),
+        (5, "headers.via"),
+        (6, "headers.forwarded_for"),
+        (11, "acl.ports.port"),
+        (12, "acl.ports.port"),
+        (16, "acl.lan.src"),
+        (21, "access.rules"),
+        (22, "access.rules"),
+        (26, "timeouts.connect"),
+        (29, "proxy.listen"),
+        (29, "proxy.listen"),
+        (31, "filters[0]"),
+        (34, "filters[1]"),
+    ]
+    assert len(set(found)) == len(found)
+    text = "\n".join(found)
+    assert "'xml' is not one of" in found[0]
+    assert "'70000' is out of range" in found[3] and "'http' is not a port" in found[4]
+    assert "'nope', 'also_nope', which are not defined" in found[6]
+    assert "'lan'" not in text.replace("acl.lan", "")  # defined, invalid: not "undefined"
+    assert "'tcp:99999'" in found[9] and "'bogus:1'" in found[10] and "'tcp:3128'" not in text
+    assert "filter 'nosuch'" in found[12]
+
+
+def test_a_bad_log_format_is_reported_with_other_problems():
+    found = problems('[acl.a]\nsrc = ["x"]\n[log]\nformat = "xml"\n')
+    assert [p.split(": ")[1] for p in found] == ["acl.a.src", "log.format"]
+
+
+def test_a_problem_is_reported_once_when_found_twice():
+    # the [headers] table fails as a whole and key by key: the same line is not repeated
+    assert problems('[headers]\nvia = 1\nvia_name = "fwproxy"\n') == [
+        "t.toml:2: headers.via: expected true or false, not 1"
+    ]
+
+
+def test_each_bad_key_of_a_builtin_section_is_named():
+    found = problems('[log]\nformat = "xml"\naccess = "/nonexistent/dir/x.log"\n')
+    assert [p.split(": ")[1] for p in found] == ["log.format", "log.access"]
+
+
+@pytest.mark.parametrize(
+    "kind, values, bad",
+    [
+        ("port", ["80", "70000", '"http"', '"1-2-3"'], [1, 2, 3]),
+        ("src", ['"10.0.0.0/8"', '"nope"', '"::1/129"'], [1, 2]),
+        ("url_regex", ['"("', '"ok"', '"["'], [0, 2]),
+        ("method", ['"GET"', '"BAD METHOD"', '"P/T"'], [1, 2]),
+        ("time", ['"MTWHF 09:00-17:00"', '"X"', '"25:00-26:00"'], [1, 2]),
+    ],
+)
+def test_every_bad_value_of_an_acl_list_is_named_at_its_line(kind, values, bad):
+    text = "\n".join([f"[acl.x]\n{kind} = ["] + [f"  {v}," for v in values] + ["]\n"])
+    found = problems(text)
+    assert len(found) == len(bad), found
+    for problem, i in zip(found, bad, strict=True):
+        value = repr(values[i].strip('"'))
+        assert problem.startswith(f"t.toml:{3 + i}: acl.x.{kind}: "), problem
+        assert value in problem, (value, problem)
+
+
+def test_a_list_that_is_bad_as_a_whole_is_one_problem():
+    assert problems("[acl.x]\nport = []\n") == ["t.toml:2: acl.x.port: expected a non-empty list"]
+
+
+@pytest.mark.parametrize(
+    "acl",
+    [
+        'src = ["10.0.0.0/33"]',  # a bad value
+        'bogus = ["x"]',  # an unknown type
+        'src = ["10.0.0.0/8"]\nport = [80]',  # two types
+    ],
+)
+def test_an_invalid_acl_is_not_also_undefined(acl):
+    text = f'[acl.lan]\n{acl}\n[access]\nrules = ["allow lan", "allow !lan nope"]\n'
+    found = problems(text)
+    assert found[:-1] and all(": acl.lan" in p for p in found[:-1]), found
+    line = len(text.splitlines())
+    assert found[-1] == (
+        f"t.toml:{line}: access.rules: 'allow !lan nope' uses ACL 'nope', which is not defined"
+    )
+
+
+def test_a_dotted_acl_name_is_found_at_its_line():
+    found = problems('[acl.ok]\nsrc = ["10.0.0.1"]\n\n[acl."a.b"]\nsrc = ["x"]\n')
+    assert found == ["t.toml:5: acl.a.b.src: 'x' is not an IP address or CIDR network"]
+
+
+def test_filters_keep_their_index_after_an_entry_without_a_name():
+    found = problems('[[filters]]\nfoo = 1\n\n[[filters]]\nname = "nosuch"\n')
+    assert [p.split(": ")[:2] for p in found] == [
+        ["t.toml:1", "filters[0]"],
+        ["t.toml:4", "filters[1]"],
+    ]
+
+
+def test_without_the_text_problems_have_no_line_and_keep_their_order():
+    with pytest.raises(ConfigError) as e:
+        parse({"timeouts": {"connect": -1}, "bogus": 1}, "x.toml")
+    assert e.value.problems == [
+        "x.toml: bogus: unknown key (known: proxy, timeouts, limits, pool, auth, acl, access, "
+        "headers, log, filters)",
+        "x.toml: timeouts.connect: must be greater than 0, got -1",
+    ]
 
 
 def test_load_names_the_file(tmp_path):
@@ -470,6 +628,88 @@ def test_open_proxy_warning(rules, n_open):
     assert len(open_warnings(loads(text))) == n_open
 
 
+def linklocal_warnings(config: Config) -> list[str]:
+    return [w for w in config.warnings if "link-local" in w]
+
+
+LINKLOCAL_ACLS = """\
+[acl.localhost]
+src = ["127.0.0.1/32"]
+[acl.local_origins]
+dst = ["127.0.0.1/32"]
+[acl.public]
+dst = ["0.0.0.0/0"]
+[acl.metadata]
+dst = ["169.254.169.254/32"]
+[acl.v6_origins]
+dst = ["2001:db8::/32", "fe00::/9"]
+[acl.v6_all]
+dst = ["::/0"]
+[acl.not_ll]
+dst = ["169.254.0.0/15", "fe80::/9", "fd00:ec2::/32"]
+[acl.ssl]
+port = [443]
+"""
+
+
+@pytest.mark.parametrize(
+    "rules, warned",
+    [
+        # allowed only to destinations that are not link-local: no warning
+        (["allow localhost local_origins", "deny all"], None),
+        (["allow localhost v6_origins", "deny all"], None),
+        (["allow localhost to_localhost", "deny all"], None),
+        (["allow localhost ssl local_origins", "deny all"], None),
+        (["allow localhost !to_linklocal", "deny all"], None),
+        (["allow localhost !not_ll", "deny all"], None),  # a negated dst covering link-local
+        (["deny to_linklocal", "allow localhost", "deny all"], None),
+        (["deny not_ll", "allow localhost", "deny all"], None),
+        (["deny all"], None),
+        # can reach link-local: a warning naming the rule
+        (["allow localhost", "deny to_linklocal", "deny all"], "allow localhost"),
+        (["allow localhost ssl", "deny all"], "allow localhost ssl"),
+        (["allow localhost public", "deny all"], "allow localhost public"),
+        (["allow localhost metadata", "deny all"], "allow localhost metadata"),
+        # to_private's fc00::/7 holds the IPv6 metadata service fd00:ec2::254
+        (["allow localhost to_private", "deny all"], "allow localhost to_private"),
+        (["allow localhost v6_all", "deny all"], "allow localhost v6_all"),
+        (["allow localhost !local_origins", "deny all"], "allow localhost !local_origins"),
+        (["allow localhost local_origins", "allow localhost"], "allow localhost"),
+        (["deny !to_linklocal", "allow localhost"], "allow localhost"),
+        (["deny to_linklocal ssl", "allow localhost ssl"], "allow localhost ssl"),
+    ],
+)
+def test_linklocal_warning(rules, warned):
+    text = LINKLOCAL_ACLS + f"[access]\nrules = {rules!r}\n".replace("'", '"')
+    found = linklocal_warnings(loads(text, "ll.toml"))
+    if warned is None:
+        assert found == []
+    else:
+        assert found == [
+            f"ll.toml: access.rules: {warned!r} lets clients reach link-local destinations (the "
+            'cloud metadata service 169.254.169.254): put "deny to_linklocal" before it'
+        ]
+
+
+def test_linklocal_warning_is_right_about_what_clients_reach():
+    for rules in (
+        ["allow localhost local_origins", "deny all"],
+        ["allow localhost", "deny to_linklocal", "deny all"],
+        ["allow localhost to_private", "deny all"],
+    ):
+        config = loads(LINKLOCAL_ACLS + f"[access]\nrules = {rules!r}\n".replace("'", '"'))
+        reached = [
+            addr
+            for addr in ("169.254.169.254", "fe80::1", "fd00:ec2::254")
+            if config.access.allows(ctx("127.0.0.1", addr=addr))
+        ]
+        assert bool(reached) == bool(linklocal_warnings(config)), (rules, reached)
+
+
+def test_linklocal_is_what_to_linklocal_denies():
+    assert predefined()["to_linklocal"].networks == LINKLOCAL  # type: ignore[attr-defined]
+
+
 # -- fwproxy check-config --------------------------------------------------------------------
 
 
@@ -503,6 +743,16 @@ def test_cli_errors_go_to_stderr_one_per_line(tmp_path, capsys):
     lines = err.splitlines()
     assert len(lines) == 2
     assert all(re.match(re.escape(path) + r":\d+: \S+: ", line) for line in lines)
+
+
+def test_cli_reports_every_problem_in_line_order(tmp_path, capsys):
+    path = write(tmp_path, MANY_ERRORS)
+    assert main(["check-config", path]) == 1
+    out, err = capsys.readouterr()
+    lines = err.splitlines()
+    assert out == "" and len(lines) == 13
+    numbers = [int(re.match(re.escape(path) + r":(\d+): \S+: ", line)[1]) for line in lines]
+    assert numbers == sorted(numbers) and numbers[0] == 2 and numbers[-1] == 34
 
 
 def test_cli_toml_error(tmp_path, capsys):
