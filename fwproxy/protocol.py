@@ -19,68 +19,32 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from fwproxy import chain, writes
 from fwproxy.admission import Admission
+from fwproxy.connection import ClientConnectionBase
 from fwproxy.contracts import (
     ClientTransaction,
-    PauseReason,
     ProxyServices,
     RawHandler,
-    Stream,
 )
 from fwproxy.dispatch import transaction_kind
 from fwproxy.http1 import END, ERROR, HEAD, REST, ProtocolError, RequestHead, RequestReader
 from fwproxy.message import Response
-from fwproxy.timer import Deadline
 from fwproxy.transaction import Transaction
 
 log = Logger()
 
-_REASONS: dict[str, int] = {"queue": 1, "upstream": 2, "filter": 4, "connection-filter": 8}
-
-
-@implementer(IPushProducer)
-class _ReasonProducer:
-    """Lets a consumer (an upstream transport) pause the client under one named reason."""
-
-    def __init__(self, proto: ProxyProtocol, reason: PauseReason) -> None:
-        self._proto = proto
-        self._reason: PauseReason = reason
-
-    def pauseProducing(self) -> None:
-        self._proto.pause(self._reason)
-
-    def resumeProducing(self) -> None:
-        self._proto.resume(self._reason)
-
-    def stopProducing(self) -> None:
-        self._proto.stream.loseConnection()
-
-
-def _bool_or_none(value: Any) -> Any:
-    # chain.run stops at the first non-None answer: "True" (serve) must let later hooks run
-    if isinstance(value, Deferred):
-        return value.addCallback(lambda v: None if v is True else v)
-    return None if value is True else value
-
 
 @implementer(IHalfCloseableProtocol)
-class ProxyProtocol(Protocol):
+class ProxyProtocol(ClientConnectionBase):
     """One client connection (see the module docstring)."""
 
-    #: a TCP (or TLS, UNIX, PROXY-protocol) transport: IPushProducer and IHalfCloseable too
-    transport: Any
-
     def __init__(self, proxy: ProxyServices, admission: Admission) -> None:
-        self.proxy = proxy
-        self.admission = admission
+        super().__init__(proxy, admission)
         limits = proxy.config.limits
         self.reader: RequestReader | None = RequestReader(
             limits.max_header_size, limits.max_headers, limits.max_target
@@ -89,44 +53,9 @@ class ProxyProtocol(Protocol):
         # should cost as little memory as possible
         self.queue: list[tuple[int, Any]] = []
         self.current: ClientTransaction | None = None
-        self.raw: RawHandler | None = None
-        self.upstream_producer = _ReasonProducer(self, "upstream")
-        self.client: tuple[str, int] = ("", 0)
-        self.local: tuple[str, int] = ("", 0)
-        self._pauses = 0  # a bit per reason (see _REASONS)
         self._rest = False  # the reader has handed over the rest of the stream (REST events)
-        self._read_closed = False
         self._processing = False
-        self._closing = False
         self._idle_mode = True
-        self._identified = False
-        self._held: list[bytes] | None = None
-        self._deadline: Deadline | None = None
-
-    # -- the ClientConnection contract ----------------------------------------------------
-    @property
-    def deadline(self) -> Deadline:
-        assert self._deadline is not None
-        return self._deadline
-
-    @property
-    def stream(self) -> Stream:
-        return self.transport  # type: ignore[no-any-return]
-
-    def write(self, data: bytes) -> None:
-        writes.write(self.transport, data)
-
-    def pause(self, reason: PauseReason) -> None:
-        if not self._pauses and self.transport is not None:
-            self.transport.pauseProducing()
-        self._pauses |= _REASONS[reason]
-
-    def resume(self, reason: PauseReason) -> None:
-        bit = _REASONS[reason]
-        if self._pauses & bit:
-            self._pauses &= ~bit
-            if not self._pauses and self.transport is not None and not self._closing:
-                self.transport.resumeProducing()
 
     def switch_to_raw(self, handler: RawHandler) -> None:
         self.raw = handler
@@ -162,80 +91,6 @@ class ProxyProtocol(Protocol):
             self.deadline.restart(timeouts.client_idle, self._idle_timeout)
         self.process()
 
-    # -- connection ------------------------------------------------------------------------
-    def connectionMade(self) -> None:
-        self._address()
-        try:
-            self.transport.setTcpNoDelay(True)
-        except (AttributeError, OSError):
-            pass
-        refusal = self.admission.admit(self, self.client[0])
-        if refusal is not None:
-            self._refuse(refusal)
-            return
-        self._deadline = Deadline(
-            self.proxy.reactor, self.proxy.config.timeouts.request_header, self._idle_timeout
-        )
-
-    def _address(self) -> None:
-        peer, host = self.transport.getPeer(), self.transport.getHost()
-        self.client = (getattr(peer, "host", "") or "", getattr(peer, "port", 0) or 0)
-        self.local = (getattr(host, "host", "") or "", getattr(host, "port", 0) or 0)
-
-    def _refuse(self, answer: bytes) -> None:
-        self._closing = True
-        self.transport.write(answer)
-        self.transport.loseConnection()
-
-    def _identify(self) -> bool:
-        """First bytes from the client: from here its address is final (a PROXY-protocol
-        listener has parsed its header by now). Connection filters run here. Returns whether
-        the bytes may be read now."""
-        self._identified = True
-        before = self.client[0]
-        self._address()
-        if self.client[0] != before:
-            # a PROXY-protocol header named the real client: count it, not the balancer
-            refusal = self.admission.recount(self, self.client[0])
-            if refusal is not None:
-                self._refuse(refusal)
-                return False
-        hooks = self.proxy.chain.connection
-        if not hooks:
-            return True
-
-        def decide(ok: object) -> None:
-            held, self._held = self._held, None
-            if ok is False:
-                self._close()
-                return
-            self.resume("connection-filter")
-            for data in held or ():
-                self.dataReceived(data)
-            if self._read_closed and not self._closing:
-                self.readConnectionLost()
-
-        def failed(f: Failure) -> None:
-            log.failure("fwproxy: connection filter failed", f)
-            self._close()
-
-        try:
-            result = chain.run(
-                [lambda *a, h=h: _bool_or_none(h(*a)) for h in hooks], self.client, self.local
-            )
-        except Exception:
-            failed(Failure())
-            return False
-        if isinstance(result, Deferred):
-            self._held = []
-            self.pause("connection-filter")
-            result.addCallbacks(decide, failed)
-            return False
-        if result is False:
-            self._close()
-            return False
-        return True
-
     def dataReceived(self, data: bytes) -> None:
         if self.raw is not None:
             self.raw.client_data(data)
@@ -243,11 +98,11 @@ class ProxyProtocol(Protocol):
         if self._closing:
             return
         if not self._identified and not self._identify():
-            if self._held is not None:
-                self._held.append(data)
+            if self._gate is not None:
+                self._gate.hold(data)
             return
-        if self._held is not None:
-            self._held.append(data)
+        if self._gate is not None:
+            self._gate.hold(data)
             return
         if self._rest or self.reader is None:
             self.queue.append((REST, data))
@@ -331,18 +186,13 @@ class ProxyProtocol(Protocol):
         elif self.raw is None:
             self._answer_error(b"error:request-timeout", 408, "request header timeout")
 
-    # -- closing ---------------------------------------------------------------------------
-    def _close(self) -> None:
-        if not self._closing:
-            self._closing = True
-            self.queue.clear()
-            if self._deadline is not None:
-                self._deadline.cancel()
-            self.transport.loseConnection()
+    # -- the end ----------------------------------------------------------------------------
+    def closing(self) -> None:
+        self.queue.clear()
 
     def readConnectionLost(self) -> None:
         self._read_closed = True
-        if self._held is not None:
+        if self._gate is not None:
             return  # a connection filter is deciding: handled once the held bytes are read
         if self.raw is not None:
             self.raw.client_eof()
@@ -357,17 +207,10 @@ class ProxyProtocol(Protocol):
         if self.current is None and not self._closing:
             self._close()
 
-    def writeConnectionLost(self) -> None:
-        pass
-
     def drain(self) -> None:
         """The proxy is shutting down: close now if idle, else after the current transaction."""
         if self.current is None and self.raw is None and not self.queue:
             self._close()
-
-    @property
-    def busy_tunnel(self) -> bool:
-        return self.raw is not None
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self._closing = True
