@@ -1,13 +1,67 @@
 # -*- test-case-name: tests.test_cli -*-
-"""The ``fwproxy`` command: ``fwproxy check-config FILE``, ``fwproxy run [twistd options]``."""
+"""The ``fwproxy`` command: ``fwproxy check-config FILE``, ``fwproxy run [OPTIONS]``,
+``fwproxy --version``.
+
+``fwproxy run`` takes exactly the options of ``twistd fwproxy`` (``--config``, ``--listen``,
+``--workers``) and runs twistd in this process, in the foreground, without a pid file: logs on
+standard output, for containers and service managers. It hands twistd fwproxy's own
+``tap.Options``/``makeService`` instead of asking twistd to find the ``twisted/plugins`` dropin,
+so it works wherever ``fwproxy`` is importable, editable installs included (setuptools' editable
+finder does not expose the dropin to ``twisted.plugin``).
+"""
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
+from collections.abc import Iterator
+from typing import Any
 
+from twisted.application.service import ServiceMaker
+from twisted.python import usage
+from twisted.scripts.twistd import ServerOptions, runApp
+
+from fwproxy import __version__
 from fwproxy.config import ConfigError, load
+
+#: what ``fwproxy run`` hands to twistd as its sub-command (as the dropin does for ``twistd``)
+SERVICE_MAKER = ServiceMaker("fwproxy", "fwproxy.tap", "A forward (egress) HTTP proxy", "fwproxy")
+
+#: twistd's own options for ``fwproxy run``: foreground, no pid file
+TWISTD_ARGS = ["--nodaemon", "--pidfile="]
+
+
+class RunOptions(ServerOptions):  # type: ignore[misc,valid-type]
+    """twistd's options with one sub-command, ``run``: fwproxy's ``tap.Options``."""
+
+    synopsis = "Usage: fwproxy"
+
+    @property
+    def subCommands(self) -> Iterator[tuple[str, None, Any, str]]:
+        # twistd's runner makes the service with loadedPlugins[subCommand].makeService
+        self.loadedPlugins = {"run": SERVICE_MAKER}
+        yield ("run", None, lambda: SERVICE_MAKER.options(), SERVICE_MAKER.description)
+
+
+def run_options(args: list[str]) -> RunOptions:
+    """The twistd configuration for ``fwproxy run ARGS``; raises ``usage.UsageError``, or
+    ``SystemExit`` for ``--help`` and an invalid proxy configuration."""
+    if args[:1] == ["--"]:
+        args = args[1:]
+    options = RunOptions()
+    options.parseOptions([*TWISTD_ARGS, "run", *args])
+    return options
+
+
+def run(args: list[str]) -> int:
+    """``fwproxy run ARGS``: twistd, in this process, until the proxy stops."""
+    try:
+        options = run_options(args)
+    except usage.UsageError as e:
+        print(f"fwproxy run: {e} (see fwproxy run --help)", file=sys.stderr)
+        return 2
+    runApp(options)
+    return 0
 
 
 def check_config(path: str | None, strict: bool = False) -> int:
@@ -28,22 +82,30 @@ def check_config(path: str | None, strict: bool = False) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fwproxy", description="fwproxy, a forward HTTP proxy")
+    parser.add_argument("--version", action="version", version=f"fwproxy {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     cc = sub.add_parser("check-config", help="validate a configuration file and exit")
     cc.add_argument("file", nargs="?", help="the TOML file (default: the embedded default)")
     cc.add_argument("--strict", action="store_true", help="treat warnings as errors")
-    run = sub.add_parser("run", help="run the proxy in the foreground (twistd -n fwproxy ...)")
-    run.add_argument("args", nargs=argparse.REMAINDER, help="options for twistd fwproxy")
-    ns = parser.parse_args(argv)
+    sub.add_parser(
+        "run",
+        add_help=False,
+        help="run the proxy in the foreground, as twistd -n fwproxy does; it takes the same "
+        "options: --config FILE, --listen ENDPOINT, --workers N (fwproxy run --help)",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args[:1] == ["run"]:  # its options are twistd's to parse (argparse would take them)
+        return run(args[1:])
+    ns = _parser().parse_args(args)
     if ns.command == "check-config":
         return check_config(ns.file, ns.strict)
-    twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
-    if not os.path.exists(twistd):
-        twistd = "twistd"
-    os.execvp(twistd, [twistd, "-n", "--pidfile=", "fwproxy", *ns.args])
-    return 0  # pragma: no cover
+    return run([])  # pragma: no cover - "run" was dispatched above
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from typing import Any
 from fwproxy import configcheck as check
 from fwproxy.acl import AccessPolicy, Acl, predefined
 from fwproxy.configcheck import Problems
+from fwproxy.twisted_private import endpoint_port
 
 DEFAULT_NAME = "<default>"
 
@@ -156,8 +157,8 @@ def _validate_endpoint(description: str) -> str | None:
         endpoint = serverFromString(MemoryReactor(), description)
     except Exception as e:  # noqa: BLE001 - Twisted raises several types for bad strings
         return str(e) or type(e).__name__
-    endpoint = getattr(endpoint, "_wrappedEndpoint", endpoint)  # haproxy:tcp:...
-    port = getattr(endpoint, "_port", None)  # TCP endpoints; Twisted checks it only at listen()
+    # TCP and TLS endpoints, also behind haproxy:; Twisted checks the port only at listen()
+    port = endpoint_port(endpoint)
     if isinstance(port, int) and not 0 <= port <= 65535:
         return f"port {port} is out of range (0-65535)"
     return None

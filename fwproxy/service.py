@@ -3,7 +3,9 @@
 
 ``makeService(config)`` is what ``twistd fwproxy`` runs and what an embedding application adds
 to its own service hierarchy. Listening happens in ``startService``; a port that cannot be
-bound raises there, so ``twistd`` fails at start-up instead of running without a listener.
+bound raises :class:`ListenError` there (naming the endpoint and the cause), so the process fails
+at start-up instead of running without a listener; :class:`Foreground` turns that into one line
+on standard error and exit status 1 for the command line.
 
 Stopping (SIGTERM under twistd) drains: the ports stop accepting, idle connections close, and
 transactions in flight get up to ``timeouts.drain`` seconds to finish before they are cut. With
@@ -15,42 +17,66 @@ from __future__ import annotations
 
 import gc
 import signal
+import sys
 from collections.abc import Callable
-from typing import Any
+from typing import IO, Any
 
-from twisted.application.service import Service
+from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from fwproxy.config import Config, ConfigError
 from fwproxy.factory import ProxyFactory
-from fwproxy.workers import listen_reuseport
+from fwproxy.reuseport import listen_reuseport
+from fwproxy.supervisor import Supervisor
+from fwproxy.twisted_private import forget_exit_signal
 
 log = Logger()
+
+
+class ListenError(Exception):
+    """The proxy cannot listen on ``description``: ``str()`` says where and why, in one line."""
+
+    def __init__(self, description: str, cause: str) -> None:
+        super().__init__(f"cannot listen on {description}: {cause}")
+        self.description = description
+        self.cause = cause
+
+    @classmethod
+    def from_exception(cls, description: str, error: BaseException) -> ListenError:
+        """From Twisted's ``CannotListenError`` (or an ``OSError``): the cause as the system says
+        it, e.g. "address already in use"."""
+        cause: object = error
+        if isinstance(error, CannotListenError) and error.socketError is not None:
+            cause = error.socketError
+        text = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(cause)
+        text = text or type(cause).__name__
+        return cls(description, text[:1].lower() + text[1:])
 
 
 class ProxyService(Service):
     """Listens on every ``config.listen`` endpoint with one shared :class:`ProxyFactory`.
 
     :param reload: returns a fresh :class:`Config` (for SIGHUP and :meth:`reload`).
-    :param signals: install the SIGHUP and SIGUSR1 handlers.
+    :param signals: this process is the proxy's own (twistd, a worker): install the SIGHUP,
+        SIGUSR1 and SIGTERM handlers.
+    :param reuseport: listen on ``tcp:`` endpoints with ``SO_REUSEPORT`` (``--workers``).
+    :param supervisor: the worker processes to start, signal and stop with this service.
     """
 
     def __init__(
         self,
         config: Config,
-        reactor: Any = None,
+        reactor: Any,
         factory: ProxyFactory | None = None,
         reload: Callable[[], Config] | None = None,
         signals: bool = False,
         reuseport: bool = False,
-        supervisor: Any = None,
+        supervisor: Supervisor | None = None,
     ) -> None:
-        if reactor is None:
-            from twisted.internet import reactor as _reactor
-
-            reactor = _reactor
         self.config = config
         self.reactor = reactor
         self.factory = factory if factory is not None else ProxyFactory(config, reactor)
@@ -59,22 +85,21 @@ class ProxyService(Service):
         self._signals = signals
         self._previous: dict[int, Any] = {}
         self._reuseport = reuseport
-        #: a fwproxy.workers.Supervisor when this process has worker processes
         self.supervisor = supervisor
-        self.worker_id = "0"
 
     def startService(self) -> None:
+        """Listen on every endpoint (or raise :class:`ListenError`, listening on none), then
+        start the workers and install the signal handlers."""
         super().startService()
         for description in self.config.listen:
-            if self._reuseport:
-                self._listening(listen_reuseport(self.reactor, description, self.factory))
-                continue
-            endpoint = serverFromString(self.reactor, description)
-            d = endpoint.listen(self.factory)
-            failure: list[Any] = []
-            d.addCallbacks(self._listening, failure.append)
-            if failure:  # bind errors are synchronous for TCP: fail start-up loudly
-                failure[0].raiseException()
+            try:
+                self._listening(self._listen(description))
+            except (CannotListenError, OSError) as e:
+                self.running = 0
+                for port in self.ports:
+                    port.stopListening()
+                self.ports = []
+                raise ListenError.from_exception(description, e) from e
         if self.supervisor is not None:
             self.supervisor.start()
         if self._signals:
@@ -96,7 +121,25 @@ class ProxyService(Service):
             gc.collect()
             gc.freeze()
 
+    def _listen(self, description: str) -> Any:
+        if self._reuseport:
+            return listen_reuseport(self.reactor, description, self.factory)
+        d = serverFromString(self.reactor, description).listen(self.factory)
+        if not d.called:  # bind errors are synchronous for every stream endpoint Twisted has
+            d.addCallbacks(self._listening, self._late_failure, errbackArgs=(description,))
+            return None
+        result: list[Any] = []
+        d.addBoth(result.append)
+        if isinstance(result[0], Failure):
+            result[0].raiseException()
+        return result[0]
+
+    def _late_failure(self, failure: Failure, description: str) -> None:
+        log.error("fwproxy: {e}", e=ListenError.from_exception(description, failure.value))
+
     def _listening(self, port: Any) -> None:
+        if port is None:
+            return
         self.ports.append(port)
         addr = port.getHost()
         host, portno = getattr(addr, "host", ""), getattr(addr, "port", 0)
@@ -143,13 +186,10 @@ class ProxyService(Service):
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()
-        if self._signals and getattr(self.reactor, "_exitSignal", None) in (
-            signal.SIGTERM,
-            signal.SIGINT,
-        ):
+        if self._signals:
             # Twisted's own handler ran (it replaces ours when the reactor starts): it would
             # re-raise the signal at exit. A drained stop is a clean exit: status 0.
-            self.reactor._exitSignal = None
+            forget_exit_signal(self.reactor, (signal.SIGTERM, signal.SIGINT))
         for signum, previous in self._previous.items():
             signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
         self._previous.clear()
@@ -169,15 +209,42 @@ class ProxyService(Service):
             await workers
 
 
+class Foreground(MultiService):
+    """The service of a proxy run from the command line (``twistd -n fwproxy``, ``fwproxy
+    run``, a worker): if it cannot listen, the process ends with one line on ``stderr`` (the
+    process's own, not twistd's log) and exit status 1, instead of a traceback."""
+
+    def __init__(self, proxy: IService, stderr: IO[str] | None = None) -> None:
+        super().__init__()
+        proxy.setServiceParent(self)
+        self._stderr = stderr
+
+    def startService(self) -> None:
+        try:
+            super().startService()
+        except ListenError as e:
+            self.running = 0
+            stderr = self._stderr or sys.__stderr__ or sys.stderr
+            stderr.write(f"fwproxy: {e}\n")
+            stderr.flush()
+            raise SystemExit(1) from None
+
+
 def makeService(
     config: Config,
     reactor: Any = None,
     reload: Callable[[], Config] | None = None,
     signals: bool = False,
     reuseport: bool = False,
-    supervisor: Any = None,
+    supervisor: Supervisor | None = None,
 ) -> ProxyService:
-    """An ``IService`` running a proxy with ``config``; add it to your ``Application``."""
+    """An ``IService`` running a proxy with ``config``; add it to your ``Application``.
+
+    Without ``reactor``, the global reactor (this is an entry point, for ``.tac`` files)."""
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = global_reactor
     return ProxyService(
         config, reactor, reload=reload, signals=signals, reuseport=reuseport, supervisor=supervisor
     )

@@ -1,18 +1,22 @@
-# -*- test-case-name: tests.integration.test_twistd -*-
-"""``twistd fwproxy``: command-line options and the service they make."""
+# -*- test-case-name: tests.test_cli -*-
+"""``twistd fwproxy`` (and ``fwproxy run``): command-line options and the service they make."""
 
 from __future__ import annotations
 
 import os
 import sys
 from collections.abc import Callable
-from typing import Any
 
 from twisted.application.service import IService
+from twisted.copyright import version as twisted_version
 from twisted.python import usage
 
+from fwproxy import __version__
 from fwproxy.config import Config, ConfigError, _validate_endpoint, load
-from fwproxy.service import makeService as _makeService
+from fwproxy.reuseport import reuseport_supported
+from fwproxy.service import Foreground
+from fwproxy.service import makeService as proxy_service
+from fwproxy.supervisor import Supervisor
 
 
 class Options(usage.Options):
@@ -36,6 +40,11 @@ class Options(usage.Options):
 
     opt_l = opt_listen
 
+    def opt_version(self) -> None:
+        """Display fwproxy's and Twisted's versions and exit."""
+        print(f"fwproxy {__version__} (Twisted {twisted_version})")
+        raise SystemExit(0)
+
     def postOptions(self) -> None:
         workers = self["workers"]
         if workers == "auto":
@@ -49,8 +58,6 @@ class Options(usage.Options):
             # one line per problem, not twistd's usage text: exit before anything listens
             raise SystemExit("\n".join(e.problems)) from None
         if self["workers"] > 1:
-            from fwproxy.workers import reuseport_supported
-
             bad = [d for d in config.listen if not reuseport_supported(d)]
             if bad:
                 raise SystemExit(
@@ -79,25 +86,29 @@ class Options(usage.Options):
         return reload
 
     def worker_argv(self) -> list[str]:
+        """These options, as a worker process (:mod:`fwproxy.worker`) takes them."""
         argv = ["--config", self["config"]] if self["config"] else []
         for endpoint in self["listen"]:
             argv += ["--listen", endpoint]
         return argv
 
 
-def makeService(options: Any) -> IService:
-    config: Config = options["config_object"]
-    supervisor = None
-    if options["workers"] > 1:
-        from twisted.internet import reactor
+def makeService(options: Options) -> IService:
+    """The proxy as ``options`` say, with its workers; run in the foreground (``twistd -n``,
+    ``fwproxy run``), a port it cannot listen on ends the process with one line."""
+    from twisted.internet import reactor  # twistd's entry point: the reactor twistd installed
 
-        from fwproxy.workers import Supervisor
-
-        supervisor = Supervisor(reactor, options["workers"], options.worker_argv())
-    return _makeService(
-        config,
+    workers: int = options["workers"]
+    supervisor = Supervisor(reactor, workers, options.worker_argv()) if workers > 1 else None
+    proxy = proxy_service(
+        options["config_object"],
+        reactor,
         reload=options.reloader(),
         signals=True,
-        reuseport=options["workers"] > 1,
+        reuseport=workers > 1,
         supervisor=supervisor,
     )
+    twistd = getattr(options, "parent", None)
+    if twistd is not None and not twistd.get("nodaemon", True):
+        return proxy  # a daemon: twistd reports a start-up error to the process that started it
+    return Foreground(proxy)

@@ -7,16 +7,15 @@ system calls and a loop iteration for every small response. When nothing is queu
 transport, :func:`write` sends at once and buffers only what the kernel did not take, which
 keeps the transport's own ordering and flow control intact (anything unsent goes through
 ``transport.write``). Other transports (TLS, PROXY-protocol wrappers, test doubles) are written
-to normally.
+to normally. What "nothing is queued" means is Twisted's private business: it is asked of
+:func:`fwproxy.twisted_private.idle_socket`, which says "no" if Twisted changed its insides.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet import tcp
-
-_TCP = (tcp.Server, tcp.Client)
+from fwproxy.twisted_private import idle_socket
 
 #: read size and write-buffer bound for bulk streams (tunnels, large relayed bodies) instead of
 #: Twisted's 64 KiB: a quarter of the system calls and callbacks per byte (a tunnel measured
@@ -34,25 +33,13 @@ def bulk(*transports: Any) -> None:
 
 def write(transport: Any, data: bytes) -> None:
     """``transport.write(data)``, sending immediately when the transport is idle."""
-    if type(transport) in _TCP and not transport.TLS:
+    sock = idle_socket(transport)
+    if sock is not None:
         try:
-            idle = (
-                transport.connected
-                and not transport.disconnecting
-                and not transport._writeDisconnecting
-                and not transport._tempDataBuffer
-                and len(transport.dataBuffer) == transport.offset
-            )
-        except AttributeError:  # a Twisted without these internals: the ordinary way
-            idle = False
-        if idle:
-            try:
-                sent = transport.socket.send(data)
-            except BlockingIOError:
-                sent = 0
-            except OSError:
-                sent = 0  # let the transport meet the error and close properly
-            if sent == len(data):
-                return
-            data = data[sent:]
+            sent = sock.send(data)
+        except OSError:  # BlockingIOError included: let the transport meet it, and close properly
+            sent = 0
+        if sent == len(data):
+            return
+        data = data[sent:]
     transport.write(data)

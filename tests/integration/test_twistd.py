@@ -220,7 +220,16 @@ def test_bad_listen_option(tmp_path):
     assert "Traceback" not in output, output
 
 
-def test_port_in_use_fails_start_up(tmp_path):
+#: the two ways to run the proxy in the foreground, and how each is spelled
+COMMANDS = {
+    "twistd": [*TWISTD, "-n", "--pidfile=", "fwproxy"],
+    "fwproxy-run": [sys.executable, "-m", "fwproxy.cli", "run"],
+}
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_port_in_use_is_one_line(tmp_path, command, workers):
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen(1)
@@ -228,16 +237,57 @@ def test_port_in_use_fails_start_up(tmp_path):
         path = tmp_path / "busy.toml"
         path.write_text(proxy_config([endpoint("127.0.0.1", port)]))
         proc = subprocess.run(
-            [*TWISTD, "-n", "--pidfile=", "fwproxy", "--config", str(path)],
+            [*COMMANDS[command], "--config", str(path), "--workers", workers],
             check=False,
             capture_output=True,
             env=child_env(),
             cwd=str(tmp_path),
             timeout=30,
         )
-    assert proc.returncode != 0
+    assert proc.returncode == 1
     output = (proc.stdout + proc.stderr).decode("utf-8", "replace")
-    assert str(port) in output, output
+    assert proc.stderr.decode() == (
+        f"fwproxy: cannot listen on tcp:{port}:interface=127.0.0.1: address already in use\n"
+    ), output
+    assert "Traceback" not in output and "listening on" not in output, output
+
+
+# -- fwproxy run ---------------------------------------------------------------------------
+
+
+def test_fwproxy_run_takes_the_twistd_options(tmp_path, origin, run_curl):
+    """``fwproxy run`` with --config, -c, --listen, -l and --workers, from another directory:
+    it serves, logs on stdout, and exits 0 on SIGTERM."""
+    ports = [free_port(), free_port()]
+    path = tmp_path / "fw.toml"
+    path.write_text(proxy_config([endpoint("127.0.0.1", free_port())]))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for args in (
+        ["--config", str(path), "--listen", endpoint("127.0.0.1", ports[0]), "--workers", "1"],
+        ["-c", str(path), "-l", endpoint("127.0.0.1", ports[0]), "-l", endpoint("127.0.0.1", ports[1])],
+    ):  # fmt: skip
+        out = tmp_path / "run.out"
+        with open(out, "wb") as sink:
+            proc = subprocess.Popen(
+                [*COMMANDS["fwproxy-run"], *args],
+                stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,
+                env=child_env(), cwd=str(elsewhere),
+            )  # fmt: skip
+        try:
+            for port in ports[: args.count("-l") or 1]:
+                wait_until(lambda p=port: port_accepts("127.0.0.1", p), 15, what="fwproxy run")
+                r = run_curl("-x", f"http://127.0.0.1:{port}", f"{origin.url}/bytes/10")
+                assert r.status == 200, r.stderr
+            wait_until(lambda o=out: "TCP_MISS/200" in o.read_text(), 5, what="the access log")
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(15) == 0, out.read_text()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+        _no_errors(out.read_text())
+        assert not (elsewhere / "twistd.pid").exists()
 
 
 # -- fwproxy check-config -------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""``twistd fwproxy --workers 2``: two processes on one port, one access log, signals passed on."""
+"""``twistd fwproxy --workers 2`` and ``fwproxy run --workers 2``: two processes on one port, one
+access log, signals passed on."""
 
 from __future__ import annotations
 
@@ -17,6 +18,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+COMMANDS = {
+    "twistd": [*TWISTD, "-n", "--pidfile=", "fwproxy"],
+    "fwproxy-run": [sys.executable, "-m", "fwproxy.cli", "run"],
+}
 
 
 class _Origin(http.server.BaseHTTPRequestHandler):
@@ -82,7 +87,10 @@ def _wait(predicate, timeout: float, what: str):  # type: ignore[no-untyped-def]
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_two_workers_share_a_port_a_log_and_signals(plain_origin: int, tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_two_workers_share_a_port_a_log_and_signals(
+    plain_origin: int, tmp_path: Path, command: str
+) -> None:
     origin = plain_origin
     port = _free_port()
     log = tmp_path / "access.log"
@@ -96,7 +104,7 @@ def test_two_workers_share_a_port_a_log_and_signals(plain_origin: int, tmp_path:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     with open(out, "wb") as sink:
         proc = subprocess.Popen(
-            [*TWISTD, "-n", "--pidfile=", "fwproxy", "--config", str(conf), "--workers", "2"],
+            [*COMMANDS[command], "--config", str(conf), "--workers", "2"],
             stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=tmp_path,
         )  # fmt: skip
     try:
