@@ -15,8 +15,7 @@ from zope.interface.verify import verifyObject
 from fwproxy.interfaces import IConnectFilter
 from fwproxy.message import Request, Response
 from fwproxy.record import TCP_DENIED, TCP_TUNNEL, TCP_TUNNEL_ABORTED
-from fwproxy.tunnel import ESTABLISHED, TunnelUpstream, parse_authority
-from tests._fakes import (
+from fwproxy.testing import (
     BASE_CONFIG,
     ORIGIN_IP,
     Client,
@@ -25,6 +24,7 @@ from tests._fakes import (
     Upstream,
     status_of,
 )
+from fwproxy.tunnel import ESTABLISHED, TunnelUpstream, parse_authority
 
 
 def connect_head(authority: bytes = b"example.com:443", version: bytes = b"1.1") -> bytes:
