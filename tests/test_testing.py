@@ -17,7 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -33,6 +33,7 @@ from fwproxy.record import TCP_DENIED, TCP_MISS
 from fwproxy.testing import (
     OK5,
     ORIGIN_IP,
+    WORLD_CONFIG,
     FailureLog,
     FakeResolver,
     Harness,
@@ -294,6 +295,27 @@ def test_connect_to_a_loopback_port(fwproxy: ProxyStarter) -> None:
             assert s.recv(100) == b"ping"
 
 
+def test_opener_tunnels_https(fwproxy: ProxyStarter) -> None:
+    """https:// through the opener is a CONNECT: here to an echo server, which answers the TLS
+    handshake with itself (so the client gives up), but the tunnel was made."""
+    proxy = fwproxy()
+    with running(EchoServer("127.0.0.1")) as echo:
+        with pytest.raises(urllib.error.URLError):
+            proxy.opener().open(f"https://{echo.authority}/", timeout=10)
+    [record] = proxy.wait_for_records(1)
+    assert (record.method, record.target, record.status) == ("CONNECT", echo.authority, 200)
+
+
+def test_kit_imports_neither_pytest_nor_the_global_reactor() -> None:
+    code = (
+        "import sys\n"
+        "sys.modules['pytest'] = None  # importing it would fail\n"
+        "import fwproxy.testing, fwproxy.testing.live, fwproxy.testing.world\n"
+        "assert 'twisted.internet.reactor' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
 def test_bad_config_is_one_clear_line(fwproxy: ProxyStarter) -> None:
     with pytest.raises(pytest.fail.Exception) as info:
         fwproxy(config='[access]\nrules = ["allow nobody"]\n')
@@ -335,6 +357,15 @@ def test_harness_runs_filters_after_builtins() -> None:
         assert seen.paths == [b"/ok"]
         assert [r.status for r in h.records] == [403, 200]
         assert h.failures == []
+
+
+def test_fwproxy_harness_fixture(fwproxy_harness: Callable[..., Harness]) -> None:
+    h = fwproxy_harness(WORLD_CONFIG, filters=[Raises()])
+    assert h.config.timeouts.connect == 3
+    c = h.connect()
+    c.send(get())
+    assert status_of(c.received()) == 500
+    assert len(h.take_failures()) == 1  # else the fixture would fail the test
 
 
 def test_harness_collects_failures_until_closed() -> None:

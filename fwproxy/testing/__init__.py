@@ -28,6 +28,7 @@ from fwproxy.testing.doubles import (
 from fwproxy.testing.live import (
     LOOPBACK_CONFIG,
     LiveProxy,
+    NotAFilter,
     ReactorThread,
     RecordsTimeout,
     live_config,
@@ -63,6 +64,7 @@ __all__ = [
     "FakeTransport",
     "Harness",
     "LiveProxy",
+    "NotAFilter",
     "ReactorThread",
     "Recorder",
     "RecordsTimeout",

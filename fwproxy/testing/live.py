@@ -77,6 +77,10 @@ class RecordsTimeout(AssertionError, TimeoutError):
     """:meth:`LiveProxy.wait_for_records` gave up: fewer transactions finished in time."""
 
 
+class NotAFilter(TypeError):
+    """An object given as a filter provides none of the hook interfaces."""
+
+
 def live_config(config: ConfigLike | None = None) -> Config:
     """``config`` (TOML text, a parsed TOML mapping, a :class:`Config`; default
     :data:`LOOPBACK_CONFIG`) as written, except that it listens on :data:`EPHEMERAL`.
@@ -89,12 +93,14 @@ def live_config(config: ConfigLike | None = None) -> Config:
 
 
 def check_filters(filters: Sequence[object]) -> None:
-    """:raise TypeError: a filter provides none of the hook interfaces (the proxy would never
+    """:raise NotAFilter: a filter provides none of the hook interfaces (the proxy would never
     call it: a missing ``@implementer`` is the usual cause)."""
     for i, f in enumerate(filters):
         if not any(hook.providedBy(f) for hook in _HOOKS):
             names = ", ".join(h.__name__ for h in _HOOKS)
-            raise TypeError(f"filters[{i}]: {f!r} provides none of {names} (missing @implementer?)")
+            raise NotAFilter(
+                f"filters[{i}]: {f!r} provides none of {names} (missing @implementer?)"
+            )
 
 
 class ReactorThread:
@@ -340,8 +346,9 @@ class LiveProxy:
         return self.records
 
     def opener(self) -> urllib.request.OpenerDirector:
-        """A ``urllib`` opener that sends every ``http://`` request through this proxy, even
-        for hosts the ``no_proxy`` environment variable names (``127.0.0.1`` often is)."""
+        """A ``urllib`` opener that sends every request through this proxy (``https://`` ones
+        through a CONNECT tunnel), even for hosts the ``no_proxy`` environment variable names
+        (``127.0.0.1`` often is)."""
         return urllib.request.build_opener(
             urllib.request.ProxyHandler({}), _ThroughProxy(f"127.0.0.1:{self.port}")
         )
@@ -369,7 +376,8 @@ class LiveProxy:
 
 
 class _ThroughProxy(urllib.request.BaseHandler):
-    """Sets the proxy on every http request (``ProxyHandler`` skips ``no_proxy`` hosts)."""
+    """Sets the proxy on every request (``ProxyHandler`` skips ``no_proxy`` hosts); the
+    handlers that run next connect to it (for ``https``, and tunnel through it)."""
 
     handler_order = 100
 
@@ -379,6 +387,8 @@ class _ThroughProxy(urllib.request.BaseHandler):
     def http_open(self, req: urllib.request.Request) -> None:
         req.set_proxy(self.hostport, "http")
         return None
+
+    https_open = http_open
 
 
 def start_proxy(
@@ -399,7 +409,7 @@ def start_proxy(
     :param failures: where logged failures are collected, shared with other proxies and
         closed by the caller (default: a log of the proxy's own, open until it stops).
     :raise fwproxy.config.ConfigError: the configuration is invalid.
-    :raise TypeError: a filter provides no hook interface.
+    :raise NotAFilter: a filter provides no hook interface.
     """
     cfg = live_config(config)
     check_filters(filters)

@@ -17,6 +17,7 @@ The only module of :mod:`fwproxy.testing` that imports pytest.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -24,7 +25,13 @@ import pytest
 
 from fwproxy.config import ConfigError
 from fwproxy.testing.doubles import FailureLog
-from fwproxy.testing.live import LiveProxy, ReactorThread, reactor_thread, start_proxy
+from fwproxy.testing.live import (
+    LiveProxy,
+    NotAFilter,
+    ReactorThread,
+    reactor_thread,
+    start_proxy,
+)
 from fwproxy.testing.memory import ConfigLike, Harness, harnesses
 
 
@@ -62,14 +69,21 @@ class ProxyStarter:
             )
         except ConfigError as e:
             pytest.fail("fwproxy: invalid config: " + "; ".join(e.problems), pytrace=False)
-        except TypeError as e:
+        except NotAFilter as e:
             pytest.fail(f"fwproxy: {e}", pytrace=False)
         self.proxies.append(proxy)
         return proxy
 
     def stop_all(self) -> None:
+        """Stop every proxy, even when stopping one of them raises (then raise that)."""
+        errors = []
         for proxy in reversed(self.proxies):
-            proxy.stop()
+            try:
+                proxy.stop()
+            except Exception as e:
+                errors.append(e)
+        if errors:
+            raise errors[0]
 
 
 @pytest.fixture
@@ -80,6 +94,7 @@ def fwproxy() -> Iterator[ProxyStarter]:
     try:
         yield starter
         starter.stop_all()
+        gc.collect()  # a Deferred lost with an unhandled error logs it now, not in a later test
     finally:
         failures.close()
     if failures.failures:
