@@ -32,12 +32,34 @@ from fwproxy.upstream import UpstreamPool
 
 log = Logger()
 
-__all__ = ["ProxyFactory", "build_filters", "fd_budget"]
+__all__ = ["ProxyFactory", "build_filters", "fd_budget", "filter_context"]
 
 
 def build_filters(config: Config, context: FilterContext) -> list[object]:
     """Build every configured filter, built-ins first, in order."""
     return [find_factory(s.name).build(s.options, context) for s in config.all_filters]
+
+
+def filter_context(
+    reactor: Any, config: Config, resolver: Any, portal: Any = None
+) -> FilterContext:
+    """The context filters are built with: the reactor, the configuration, the resolver and,
+    when ``[auth]`` or ``portal`` asks for one, an authenticator for ``proxy_auth`` ACLs.
+
+    :raise ValueError: ``[auth]`` without ``htpasswd`` and no ``portal``.
+    """
+    context = FilterContext(reactor, config, resolver)
+    auth = config.auth
+    if portal is None and auth is not None and auth.htpasswd:
+        portal = make_portal([HtpasswdChecker(auth.htpasswd, reactor)])
+    if portal is not None:
+        a = auth if auth is not None else AuthConfig()
+        context.authenticator = Authenticator(
+            portal, reactor, a.realm, a.cache_ttl, a.max_failures, a.failure_window
+        )
+    elif auth is not None:
+        raise ValueError("[auth] has no htpasswd and no portal was given to ProxyFactory")
+    return context
 
 
 def _log_stop_failure(failure: Failure, f: object) -> None:
@@ -221,16 +243,4 @@ class ProxyFactory(Factory):
             f.reopen()  # type: ignore[attr-defined]
 
     def _make_context(self, config: Config) -> FilterContext:
-        context = FilterContext(self.reactor, config, self.resolver)
-        auth = config.auth
-        portal = self.portal
-        if portal is None and auth is not None and auth.htpasswd:
-            portal = make_portal([HtpasswdChecker(auth.htpasswd, self.reactor)])
-        if portal is not None:
-            a = auth if auth is not None else AuthConfig()
-            context.authenticator = Authenticator(
-                portal, self.reactor, a.realm, a.cache_ttl, a.max_failures, a.failure_window
-            )
-        elif auth is not None:
-            raise ValueError("[auth] has no htpasswd and no portal was given to ProxyFactory")
-        return context
+        return filter_context(self.reactor, config, self.resolver, self.portal)

@@ -18,7 +18,7 @@ from zope.interface import implementer
 from fwproxy.interfaces import IConnectFilter, IRequestFilter
 from fwproxy.message import Request
 from fwproxy.record import TCP_DENIED
-from tests._fakes import BASE_CONFIG, ORIGIN_IP, OTHER_IP, FakeResolver, Harness, get, status_of
+from fwproxy.testing import BASE_CONFIG, ORIGIN_IP, OTHER_IP, FakeResolver, Harness, get, status_of
 
 GUARDED = """
 [acl.localhost]

@@ -24,7 +24,7 @@ from fwproxy.interfaces import (
 )
 from fwproxy.message import Request, Response
 from fwproxy.record import NONE_NONE, TCP_DENIED, TCP_MISS, TCP_MISS_ABORTED
-from tests._fakes import (
+from fwproxy.testing import (
     BASE_CONFIG,
     OK5,
     ORIGIN_IP,
@@ -513,7 +513,7 @@ def test_observer_configured_by_dotted_path(make: Callable[..., Harness], tmp_pa
     log = tmp_path / "access.log"
     toml = BASE_CONFIG + (
         f'\n[log]\naccess = "{log}"\n\n'
-        '[[filters]]\nname = "tests._fakes.recorder_filter"\noptions = {key = "dotted"}\n'
+        '[[filters]]\nname = "fwproxy.testing.recorder_filter"\noptions = {key = "dotted"}\n'
     )
     h = make(toml, config_filters=True)
     c = h.connect(("10.1.1.1", 40000))

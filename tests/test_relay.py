@@ -12,7 +12,7 @@ import pytest
 from twisted.internet import error as ierror
 
 from fwproxy.record import TCP_MISS, TCP_MISS_ABORTED
-from tests._fakes import (
+from fwproxy.testing import (
     BASE_CONFIG,
     OK5,
     ORIGIN_IP,

@@ -16,8 +16,7 @@ from fwproxy.interfaces import IConnectFilter
 from fwproxy.message import Request, Response
 from fwproxy.record import TCP_DENIED, TCP_TUNNEL, TCP_TUNNEL_ABORTED
 from fwproxy.target import parse_authority
-from fwproxy.tunnel import ESTABLISHED, TunnelUpstream
-from tests._fakes import (
+from fwproxy.testing import (
     BASE_CONFIG,
     ORIGIN_IP,
     Client,
@@ -26,6 +25,7 @@ from tests._fakes import (
     Upstream,
     status_of,
 )
+from fwproxy.tunnel import ESTABLISHED, TunnelUpstream
 
 
 def connect_head(authority: bytes = b"example.com:443", version: bytes = b"1.1") -> bytes:

@@ -18,8 +18,9 @@ import time
 import pytest
 
 from fwproxy.config import loads
+from fwproxy.testing import WORLD_CONFIG as CONFIG_TEXT
+from fwproxy.testing import FakeResolver, World
 
-from .memory import CONFIG_TEXT, FakeResolver, World
 from .support import (
     BlackholeServer,
     Closed,

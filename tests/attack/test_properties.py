@@ -29,10 +29,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.logger import globalLogPublisher
 
+from fwproxy.config import loads
 from fwproxy.http1 import BODY, END, ERROR, HEAD, REST, RequestReader
+from fwproxy.testing import RESPONSES, WORLD_CONFIG, World, horizon
 
-from .memory import CONFIG, RESPONSES, World, horizon
 from .support import record_figure
+
+CONFIG = loads(WORLD_CONFIG)  # what World runs by default
 
 RUNS: Counter[str] = Counter()
 
