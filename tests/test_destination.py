@@ -189,12 +189,16 @@ def test_a_filter_that_raises_gets_500(make: Callable[..., Harness], deferred: b
 
 
 def test_the_log_line_names_the_filter_and_hook(make: Callable[..., Harness]) -> None:
-    from twisted.logger import formatEvent
+    from twisted.logger import formatEvent, globalLogPublisher
 
-    h = make(BASE_CONFIG, filters=[Broken(False)])
-    c = h.connect()
-    c.send(get())
-    [event] = h.failures
-    h.failures.clear()
-    text = formatEvent(event)
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        h = make(BASE_CONFIG, filters=[Broken(False)])
+        c = h.connect()
+        c.send(get())
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    h.take_failures()
+    [text] = [formatEvent(e) for e in events if e.get("log_failure") is not None]
     assert "test_destination.Broken" in text and "requestReceived" in text
