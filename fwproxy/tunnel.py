@@ -119,10 +119,9 @@ class Tunnel:
             self.client_t.loseWriteConnection()
 
     def client_lost(self) -> None:
-        if not self.closed:
-            if not (self._client_eof and self._upstream_eof):
-                self.txn.result = TCP_TUNNEL_ABORTED if not self._client_eof else TCP_TUNNEL
-            self.close()
+        # an established tunnel stays TCP_TUNNEL however it ends, as in Squid: a client that
+        # closes with bytes unread resets instead of sending FIN, after a complete exchange
+        self.close()
 
     def upstream_lost(self) -> None:
         self.close()
@@ -208,8 +207,10 @@ class ConnectTransaction(Transaction):
         d.addCallbacks(self._connected, self._connect_failed)
 
     def _error(self, status: int, message: str) -> None:
+        # the handling path (TCP_TUNNEL), as a relayed request's is TCP_MISS; the status says
+        # what failed (Squid 7: "Bug 5148: Log %Ss of failed tunnels as TCP_TUNNEL")
         self.upstream_address = ""
-        self.answer(Response.text(status, f"fwproxy: {message}"), close=True)
+        self.answer(Response.text(status, f"fwproxy: {message}", TCP_TUNNEL), close=True)
 
     def _connected(self, upstream: TunnelUpstream) -> None:
         self._waiting = None
