@@ -99,10 +99,10 @@ class Tunnel:
             self.client_t.loseWriteConnection()
 
     def client_lost(self) -> None:
-        if not self.closed:
-            if not (self._client_eof and self._upstream_eof):
-                self.txn.result = TCP_TUNNEL_ABORTED if not self._client_eof else TCP_TUNNEL
-            self.close()
+        # Once the 200 is out the tunnel is TCP_TUNNEL however it ends, as in Squid
+        # (src/tunnel.cc): a client that closes with bytes unread (urllib after reading only a
+        # response head) makes its kernel send a reset after a complete exchange.
+        self.close()
 
     def upstream_lost(self) -> None:
         self.close()
@@ -180,8 +180,10 @@ class ConnectTransaction(RoutedTransaction):
         d.addCallbacks(self._connected, self.connect_failed)
 
     def error(self, status: int, message: str) -> None:
+        # a CONNECT that could not connect is TCP_TUNNEL/502 or /504 (Squid 7 logs failed
+        # tunnels as TCP_TUNNEL), as a relayed request is TCP_MISS/502 or /504
         self.upstream_address = ""
-        super().error(status, message)
+        self.answer(Response.text(status, f"fwproxy: {message}", TCP_TUNNEL), close=True)
 
     def _connected(self, upstream: TunnelUpstream) -> None:
         self._waiting = None
