@@ -304,7 +304,7 @@ def render(raw: Raw) -> str:
     out.append("")
     out.append(
         f"Durations: {rounds} rounds, each proxy in turn; per round and proxy wrk "
-        f"{p.get('duration', '?')} s, ab -n {p.get('ab_n', '?')}, one {p.get('size', '?')} relay "
+        f"{p.get('duration', '?')} s, ab -n {p.get('ab_n', '?')} ({p.get('ab_t', '?')} s at most), one {p.get('size', '?')} relay "
         f"and one tunnel download ({p.get('big_timeout', '?')} s at most each); once: "
         f"{p.get('tunnels', '?')} idle tunnels, slow reader {p.get('slow', '?')} s."
         + (f" Took {'; '.join(timing)}." if timing else "")
