@@ -149,7 +149,9 @@ _SECTIONS = (
 )
 
 
-def _validate_endpoint(description: str) -> str | None:
+def validate_endpoint(description: str) -> str | None:
+    """What is wrong with the server endpoint string ``description`` (e.g. ``tcp:3128``), or
+    None; nothing is listened on."""
     from twisted.internet.endpoints import serverFromString
     from twisted.internet.testing import MemoryReactor
 
@@ -212,7 +214,7 @@ def _listen(p: Problems, proxy: Mapping[str, Any]) -> tuple[str, ...]:
         p.add("proxy.listen", 'expected a non-empty list of endpoint strings like "tcp:3128"')
         return ()
     for i, s in enumerate(listen):
-        err = _validate_endpoint(s)
+        err = validate_endpoint(s)
         if err:
             p.add("proxy.listen", f"{s!r} is not a valid endpoint: {err}", ("proxy", "listen", i))
     return tuple(listen)

@@ -20,7 +20,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from fwproxy import selfcheck
-from fwproxy.admission import Admission, fd_budget
+from fwproxy.admission import Admission
 from fwproxy.auth import Authenticator, HtpasswdChecker, make_portal
 from fwproxy.chain import FilterChain
 from fwproxy.config import AuthConfig, Config
@@ -32,7 +32,7 @@ from fwproxy.upstream import UpstreamPool
 
 log = Logger()
 
-__all__ = ["ProxyFactory", "build_filters", "fd_budget", "filter_context"]
+__all__ = ["ProxyFactory", "build_filters", "filter_context"]
 
 
 def build_filters(config: Config, context: FilterContext) -> list[object]:

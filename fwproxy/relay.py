@@ -47,6 +47,10 @@ class State(enum.IntEnum):
     RESPONDING = 4
 
 
+# module-level names: an enum member looked up on its class costs ~170 ns in Python 3.11, and
+# these are read several times per request
+FILTERING, CONNECTING, SENDING, AWAITING, RESPONDING = State
+
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
 
@@ -73,7 +77,7 @@ class RelayTransaction(RoutedTransaction):
 
     def __init__(self, conn: ClientConnection, proxy: ProxyServices, head: RequestHead) -> None:
         super().__init__(conn, proxy, head)
-        self.state = State.FILTERING
+        self.state = FILTERING
         self.upstream: UpstreamProtocol | None = None
         self.response = ResponseRelay(self)
         self._retried = False
@@ -107,10 +111,10 @@ class RelayTransaction(RoutedTransaction):
         self.run_filters(self.proxy.chain.request, self.destination_decided)
 
     def deciding(self) -> bool:
-        return self.state == State.FILTERING
+        return self.state == FILTERING
 
     def routing(self) -> None:
-        self.state = State.CONNECTING
+        self.state = CONNECTING
 
     def connect_upstream(self) -> None:
         req = self.request
@@ -167,7 +171,7 @@ class RelayTransaction(RoutedTransaction):
             self._request_sent()
             return
         self.conn.deadline.restart(self.proxy.config.timeouts.read, self._read_timeout)
-        self.state = State.SENDING
+        self.state = SENDING
         self.uploading = True
         if head.has_body:
             conn.transport.registerProducer(self.conn.upstream_producer, True)
@@ -211,8 +215,8 @@ class RelayTransaction(RoutedTransaction):
             self.client_error(payload)
 
     def _request_sent(self) -> None:
-        if self.state < State.AWAITING:
-            self.state = State.AWAITING
+        if self.state < AWAITING:
+            self.state = AWAITING
             up = self.upstream
             if up is not None and up.reader is not None and not up.reader.started:
                 timeout = self.proxy.config.timeouts.upstream_first_byte
@@ -226,7 +230,7 @@ class RelayTransaction(RoutedTransaction):
 
     # -- what the response side tells (fwproxy.response.Exchange) -------------------------
     def response_started(self) -> None:
-        self.state = State.RESPONDING
+        self.state = RESPONDING
         self.conn.deadline.restart(self.proxy.config.timeouts.read, self._read_timeout)
 
     def replace_response(self, answer: Response) -> None:
@@ -263,7 +267,7 @@ class RelayTransaction(RoutedTransaction):
             self._retried = True
             self.upstream = None
             self.proxy.pool.discard(conn)
-            self.state = State.CONNECTING
+            self.state = CONNECTING
             self.conn.deadline.restart(self.proxy.config.timeouts.connect, self._connect_timeout)
             self._connect((self.request.addresses or [""])[0])
             return
@@ -302,5 +306,5 @@ class RelayTransaction(RoutedTransaction):
         super().cleanup()
         if self.upstream is not None:
             self._drop_upstream()
-        self.response.stop_streaming()
+        self.response.close()
         self.conn.resume("upstream")

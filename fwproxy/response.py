@@ -62,6 +62,16 @@ def _codings(fields: list[tuple[bytes, bytes]]) -> bytes:
     return b"".join(c + b", " for c in codings)
 
 
+class _Ended:
+    """Stands for the exchange once it has ended: late upstream events see ``done`` and stop."""
+
+    done = True
+    upstream = None
+
+
+_ENDED: Any = _Ended()
+
+
 class ResponseRelay:
     """Streams one upstream response to the client (see the module docstring)."""
 
@@ -215,6 +225,13 @@ class ResponseRelay:
         self.flush()
         self.stop_streaming()
         self.x.response_ended(self.client_keep)
+
+    def close(self) -> None:
+        """The exchange has ended: stop streaming and let go of it, so that the transaction
+        and this object do not keep each other alive (freed at once, not by the collector)."""
+        self.flush()
+        self.stop_streaming()
+        self.x = _ENDED
 
     def stop_streaming(self) -> None:
         """The upstream is no longer the client transport's producer."""

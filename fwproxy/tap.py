@@ -12,7 +12,7 @@ from twisted.copyright import version as twisted_version
 from twisted.python import usage
 
 from fwproxy import __version__
-from fwproxy.config import Config, ConfigError, _validate_endpoint, load
+from fwproxy.config import Config, ConfigError, load, validate_endpoint
 from fwproxy.reuseport import reuseport_supported
 from fwproxy.service import Foreground
 from fwproxy.service import makeService as proxy_service
@@ -73,11 +73,8 @@ class Options(usage.Options):
 
         def reload() -> Config:
             if listen:
-                bad = [
-                    f"--listen {e!r}: {_validate_endpoint(e)}"
-                    for e in listen
-                    if _validate_endpoint(e)
-                ]
+                problems = ((e, validate_endpoint(e)) for e in listen)
+                bad = [f"--listen {e!r}: {why}" for e, why in problems if why]
                 if bad:
                     raise ConfigError(bad)
             config = load(path)
