@@ -113,7 +113,7 @@ class RoutedTransaction(Transaction):
     def arm_connect(self) -> None:
         """Name resolution and connecting (not needed for a pooled connection) share one
         ``timeouts.connect`` budget."""
-        deadline = self.conn.deadline
+        deadline = self.deadline
         if deadline.expired != self._connect_timeout:
             deadline.restart(self.proxy.config.timeouts.connect, self._connect_timeout)
 

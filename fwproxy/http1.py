@@ -407,6 +407,9 @@ class ResponseReader:
     def _finish(self) -> None:
         self.done = True
         self._events.append((END, None))
+        # the parser holds this reader (its callbacks): let go of it, so that a finished
+        # response is freed at once, not by the garbage collector (nothing parses after done)
+        self._parser = None  # type: ignore[assignment]
 
     def _fail(self, error: ProtocolError) -> None:
         self._dead = True

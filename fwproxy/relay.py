@@ -170,7 +170,7 @@ class RelayTransaction(RoutedTransaction):
         if self.request_done:
             self._request_sent()
             return
-        self.conn.deadline.restart(self.proxy.config.timeouts.read, self._read_timeout)
+        self.deadline.restart(self.proxy.config.timeouts.read, self._read_timeout)
         self.state = SENDING
         self.uploading = True
         if head.has_body:
@@ -192,7 +192,7 @@ class RelayTransaction(RoutedTransaction):
         transport = self.upstream.transport
         if kind == BODY:
             self.bytes_in += len(payload)
-            self.conn.deadline.touch()
+            self.deadline.touch()
             limit = self.proxy.config.limits.max_body_size
             if limit and self.bytes_in - self.head.size > limit:
                 self._drop_upstream()
@@ -220,7 +220,7 @@ class RelayTransaction(RoutedTransaction):
             up = self.upstream
             if up is not None and up.reader is not None and not up.reader.started:
                 timeout = self.proxy.config.timeouts.upstream_first_byte
-                self.conn.deadline.restart(timeout, self._first_byte_timeout)
+                self.deadline.restart(timeout, self._first_byte_timeout)
 
     def _first_byte_timeout(self) -> None:
         self.error(504, f"{self.request.authority} did not answer in time")
@@ -231,7 +231,7 @@ class RelayTransaction(RoutedTransaction):
     # -- what the response side tells (fwproxy.response.Exchange) -------------------------
     def response_started(self) -> None:
         self.state = RESPONDING
-        self.conn.deadline.restart(self.proxy.config.timeouts.read, self._read_timeout)
+        self.deadline.restart(self.proxy.config.timeouts.read, self._read_timeout)
 
     def replace_response(self, answer: Response) -> None:
         """A response filter answered instead: the upstream body is not wanted."""
@@ -268,7 +268,7 @@ class RelayTransaction(RoutedTransaction):
             self.upstream = None
             self.proxy.pool.discard(conn)
             self.state = CONNECTING
-            self.conn.deadline.restart(self.proxy.config.timeouts.connect, self._connect_timeout)
+            self.deadline.restart(self.proxy.config.timeouts.connect, self._connect_timeout)
             self._connect((self.request.addresses or [""])[0])
             return
         self.error(error.status, error.message)

@@ -22,6 +22,7 @@ from fwproxy import chain, http1, writes
 from fwproxy.contracts import ClientConnection, ProxyServices
 from fwproxy.http1 import BODY, END, ERROR, HEAD, INTERIM, ProtocolError, RequestHead, ResponseHead
 from fwproxy.message import Headers, Request, Response
+from fwproxy.timer import Deadline
 from fwproxy.upstream import UpstreamProtocol
 from fwproxy.writes import STREAM_BUFFER
 
@@ -31,6 +32,7 @@ class Exchange(Protocol):
 
     conn: ClientConnection
     proxy: ProxyServices
+    deadline: Deadline
     head: RequestHead
     request: Request
     upstream: UpstreamProtocol | None
@@ -127,7 +129,7 @@ class ResponseRelay:
                 x.upstream_failed(payload)  # type: ignore[arg-type]
 
     def _interim(self, rh: ResponseHead) -> None:
-        self.x.conn.deadline.touch()
+        self.x.deadline.touch()
         if self.x.head.version == "1.1":
             data = http1.response_head(rh.status, rh.reason, http1.end_to_end(rh.headers))
             self.x.bytes_out += len(data)
@@ -210,7 +212,7 @@ class ResponseRelay:
 
     def _body(self, data: bytes) -> None:
         self.x.bytes_out += len(data)
-        self.x.conn.deadline.touch()
+        self.x.deadline.touch()
         if self._chunked:
             pieces = http1.chunk(data)
             self.x.bytes_out += len(pieces[0]) + 2

@@ -43,6 +43,8 @@ class Transaction:
     def __init__(self, conn: ClientConnection, proxy: ProxyServices, head: RequestHead) -> None:
         self.conn = conn
         self.proxy = proxy
+        #: the connection's deadline (see :attr:`ClientConnection.deadline`)
+        self.deadline = conn.deadline
         self.head = head
         self.clock = proxy.reactor
         self.started = self.clock.seconds()
@@ -143,7 +145,7 @@ class Transaction:
         conn = self.conn
         conn.pause("filter")
         if self.deciding():
-            conn.deadline.restart(self.proxy.config.timeouts.connect, self._decide_timeout)
+            self.deadline.restart(self.proxy.config.timeouts.connect, self._decide_timeout)
 
         def done(value: Any) -> None:
             self._waiting = None
