@@ -20,6 +20,7 @@ from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.python.failure import Failure
 
 from fwproxy.http1 import Event, ResponseReader
+from fwproxy.timer import Deadline
 
 Key = tuple[str, int]
 
@@ -92,7 +93,9 @@ class UpstreamProtocol(ConnectingProtocol):
         self.connected = False
         self.reused = False
         self.address = ""
-        self._idle_call: Any = None
+        #: in the pool's idle list, waiting for a request
+        self.idle = False
+        self._idle_timer: Deadline | None = None
 
     def connectionMade(self) -> None:
         self.connected = True
@@ -120,11 +123,16 @@ class UpstreamProtocol(ConnectingProtocol):
         if events:
             handler.upstream_events(events)
 
+    def idle_expired(self) -> None:
+        """The idle timer ran out: close if still idle (a reused connection ignores it)."""
+        self.pool._expire(self)
+
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.connected = False
-        if self._idle_call is not None and self._idle_call.active():
-            self._idle_call.cancel()
-        self._idle_call = None
+        self.idle = False
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
         self.pool._lost(self)
         handler, self.handler = self.handler, None
         if handler is not None and self.reader is not None:
@@ -177,9 +185,7 @@ class UpstreamPool:
                 del conns[i]
                 if not conns:
                     del self._idle[key]
-                if conn._idle_call is not None and conn._idle_call.active():
-                    conn._idle_call.cancel()
-                conn._idle_call = None
+                conn.idle = False  # its idle timer stays armed: it fires harmlessly, or not at all
                 conn.reused = True
                 return conn
         return None
@@ -256,11 +262,20 @@ class UpstreamPool:
         if len(conns) >= self.max_idle_per_host:
             self.discard(conns.pop(0))
         conns.append(conn)
-        conn._idle_call = self._reactor.callLater(self.idle_timeout, self._expire, conn)
+        conn.idle = True
+        # One timer per connection, pushed back rather than rescheduled: a connection reused
+        # on every request would otherwise make and cancel a DelayedCall per request.
+        timer = conn._idle_timer
+        if timer is None:
+            conn._idle_timer = Deadline(self._reactor, self.idle_timeout, conn.idle_expired)
+        elif timer.active:
+            timer.touch()
+        else:
+            timer.restart(self.idle_timeout, conn.idle_expired)
 
     def _expire(self, conn: UpstreamProtocol) -> None:
-        conn._idle_call = None
-        self.discard(conn)
+        if conn.idle:
+            self.discard(conn)
 
     @staticmethod
     def discard(conn: UpstreamProtocol) -> None:
