@@ -237,10 +237,10 @@ class Transaction:
         req = self.request
         referer = user_agent = ""
         for k, v in head.headers:
-            lk = k.lower()
-            if lk == b"referer":
+            n = len(k)  # compare lengths first: most fields are neither
+            if n == 7 and k.lower() == b"referer":
                 referer = v.decode("latin-1")
-            elif lk == b"user-agent":
+            elif n == 10 and k.lower() == b"user-agent":
                 user_agent = v.decode("latin-1")
         return TransactionRecord(
             client=self.conn.client[0],
@@ -258,7 +258,7 @@ class Transaction:
             content_type=self.content_type,
             referer=referer,
             user_agent=user_agent,
-            notes=dict(req.notes) if req is not None else {},
+            notes=dict(req.notes) if req is not None and req.notes else {},
         )
 
     def __repr__(self) -> str:
