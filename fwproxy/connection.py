@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet import tcp
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from zope.interface import implementer
@@ -120,7 +121,10 @@ class ClientConnectionBase(Protocol):
         the bytes may be read now."""
         self._identified = True
         before = self.client[0]
-        self._address()
+        if type(self.transport) is not tcp.Server:
+            # a wrapper (PROXY protocol) knows the real addresses only now; a plain TCP
+            # connection's are those of connectionMade (spares a getsockname per connection)
+            self._address()
         if self.client[0] != before:
             # a PROXY-protocol header named the real client: count it, not the balancer
             refusal = self.admission.recount(self, self.client[0])
