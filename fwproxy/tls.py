@@ -148,7 +148,7 @@ def parse_ssl(description: str) -> SSLListen | None:
                 raise TLSError(f"{description!r}: too many positional arguments")
             key = _SSL_KEYS[i]
         if key not in _SSL_KEYS:
-            known = ", ".join(_SSL_KEYS[1:])
+            known = ", ".join(_SSL_KEYS)
             raise TLSError(f"{description!r}: unknown parameter {key!r} (known: {known})")
         named[key] = value
     numbers = {}
