@@ -3,7 +3,8 @@
 
 Named ACLs, each of one type, and an ordered list of rules ``allow|deny NAME [!NAME ...]``:
 the first rule whose ACLs all match decides; no match means deny. Types: ``src``, ``dst``,
-``dstdomain``, ``dstdom_regex``, ``port``, ``method``, ``url_regex``, ``time``, ``proxy_auth``.
+``dstdomain``, ``dstdom_regex``, ``port``, ``method``, ``url_regex``, ``time``, ``proxy_auth``,
+``client_cert``.
 Predefined: ``all``, and the destination sets ``to_localhost``, ``to_linklocal``, ``to_private``.
 
 Parsing turns configuration values into matchers once, raising :class:`AclError` naming the bad
@@ -37,6 +38,20 @@ class NeedCredentials(Exception):
     """A rule needs the authenticated user, and authentication has not been tried yet."""
 
 
+@dataclass(frozen=True, slots=True)
+class ClientCert:
+    """A client certificate verified by a TLS listener, as the ACLs and the log see it:
+    ``name`` is the identity logged (the subject CN, else the first SAN DNS name), ``names``
+    what a ``client_cert`` ACL matches (the CN and every SAN DNS name, lower case)."""
+
+    name: str
+    names: tuple[str, ...]
+
+
+#: the key of ``Request.notes`` holding the connection's verified :class:`ClientCert`
+CLIENT_CERT_NOTE = "fwproxy.client_cert"
+
+
 #: a transport's or resolver's host string as an address (IPv4-mapped IPv6 becomes IPv4)
 client_ip = parse_ip
 
@@ -61,6 +76,8 @@ class AclContext:
     auth_pending: bool = False
     #: the proxy's listening ``(host, port)`` pairs, for ``to_self``
     listening: Sequence[tuple[str, int]] = ()
+    #: the client certificate a TLS listener verified on this connection, if any
+    client_cert: ClientCert | None = None
 
 
 class Acl:
@@ -345,6 +362,35 @@ class ProxyAuthAcl(Acl):
         return bool(ctx.user) and (self.any_user or ctx.user in self.users)
 
 
+class ClientCertAcl(Acl):
+    """Matches a verified client certificate by its subject CN or SAN DNS names, written as
+    ``dstdomain`` values (``.example.com``: the domain and its subdomains); never a connection
+    without one (a plain listener, or no certificate sent)."""
+
+    kind = "client_cert"
+
+    def __init__(self, name: str, values: object) -> None:
+        super().__init__(name)
+        exact, suffixes = set(), []
+        for v in _strings(name, self.kind, values):
+            n = v.strip().lower().rstrip(".")
+            if not n or n == "." or any(c in n for c in "\r\n\t"):
+                raise AclError(f"acl.{name}.client_cert: {v!r} is not a certificate name")
+            if n.startswith("."):
+                exact.add(n[1:])
+                suffixes.append(n)
+            else:
+                exact.add(n)
+        self.exact = frozenset(exact)
+        self.suffixes = tuple(suffixes)
+
+    def match(self, ctx: AclContext) -> bool:
+        cert = ctx.client_cert
+        if cert is None:
+            return False
+        return any(n in self.exact or n.endswith(self.suffixes) for n in cert.names)
+
+
 ACL_TYPES: dict[str, type[Acl]] = {
     cls.kind: cls
     for cls in (
@@ -357,6 +403,7 @@ ACL_TYPES: dict[str, type[Acl]] = {
         UrlRegexAcl,
         TimeAcl,
         ProxyAuthAcl,
+        ClientCertAcl,
     )
 }
 
@@ -446,7 +493,7 @@ def parse_rule(text: str, acls: dict[str, Acl], where: str = "access.rules") -> 
 def _restricts_source(acl: Acl) -> bool:
     if acl.kind == "src":
         return all(n.prefixlen for n in acl.networks)  # type: ignore[attr-defined]
-    return acl.kind == "proxy_auth"
+    return acl.kind in ("proxy_auth", "client_cert")
 
 
 class AccessPolicy:
@@ -471,9 +518,10 @@ class AccessPolicy:
         return rule is not None and rule.allow
 
     def open_rules(self) -> list[Rule]:
-        """``allow`` rules that admit clients from any source: no ``src`` or ``proxy_auth`` ACL
-        among their non-negated terms (the open-proxy mistake). A ``src`` ACL with a ``/0``
-        network (squid's old ``acl all src 0.0.0.0/0``) restricts nothing and does not count."""
+        """``allow`` rules that admit clients from any source: no ``src``, ``proxy_auth`` or
+        ``client_cert`` ACL among their non-negated terms (the open-proxy mistake). A ``src``
+        ACL with a ``/0`` network (squid's old ``acl all src 0.0.0.0/0``) restricts nothing
+        and does not count."""
         return [
             r
             for r in self.rules

@@ -20,6 +20,7 @@ from typing import Any
 from fwproxy import configcheck as check
 from fwproxy.acl import AccessPolicy, Acl, predefined
 from fwproxy.configcheck import Problems
+from fwproxy.tls import check_listener, is_ssl
 from fwproxy.twisted_private import endpoint_port
 
 DEFAULT_NAME = "<default>"
@@ -93,6 +94,17 @@ class AuthConfig:
 
 
 @dataclass(frozen=True)
+class TlsConfig:
+    """``[tls]``, for ``ssl:`` listeners: ``client_ca_file`` (PEM) signs the client
+    certificates the listeners ask for and verify (none asked for without it); with
+    ``client_cert = "optional"`` a client may connect without one, with ``"required"`` its
+    handshake fails. The key and certificate are the ``ssl:`` endpoint's own parameters."""
+
+    client_ca_file: str | None = None
+    client_cert: str = "optional"
+
+
+@dataclass(frozen=True)
 class FilterSpec:
     """One ``[[filters]]`` entry: a filter's name and its options table."""
 
@@ -114,6 +126,7 @@ class Config:
     log: Mapping[str, Any] = field(default_factory=lambda: {"access": "-", "format": "squid"})
     filters: tuple[FilterSpec, ...] = ()
     auth: AuthConfig | None = None
+    tls: TlsConfig = TlsConfig()
     source: str = DEFAULT_NAME
     warnings: tuple[str, ...] = ()
 
@@ -141,6 +154,7 @@ _SECTIONS = (
     "limits",
     "pool",
     "auth",
+    "tls",
     "acl",
     "access",
     "headers",
@@ -155,6 +169,8 @@ def validate_endpoint(description: str) -> str | None:
     from twisted.internet.endpoints import serverFromString
     from twisted.internet.testing import MemoryReactor
 
+    if is_ssl(description):  # fwproxy's own TLS listener: its files are read, as to listen
+        return check_listener(description)
     try:
         endpoint = serverFromString(MemoryReactor(), description)
     except Exception as e:  # noqa: BLE001 - Twisted raises several types for bad strings
@@ -181,8 +197,8 @@ def parse(data: Mapping[str, Any], source: str = DEFAULT_NAME, text: str = "") -
     kwargs["acls"] = acls
     kwargs["access"] = check.access(p, check.table(p, data, "access"), acls)
     kwargs["warnings"] = tuple(check.warnings(source, kwargs["access"]))
+    here = None if source == DEFAULT_NAME else os.path.dirname(os.path.abspath(source))
     if "auth" in data:
-        here = None if source == DEFAULT_NAME else os.path.dirname(os.path.abspath(source))
         fields = list(AuthConfig.__dataclass_fields__)
         kwargs["auth"] = AuthConfig(**check.auth(p, check.table(p, data, "auth"), fields, here))
     else:
@@ -191,6 +207,14 @@ def parse(data: Mapping[str, Any], source: str = DEFAULT_NAME, text: str = "") -
             p.add(
                 f"acl.{needing[0]}", 'a proxy_auth ACL needs an [auth] section (htpasswd = "PATH")'
             )
+    tls_fields = list(TlsConfig.__dataclass_fields__)
+    kwargs["tls"] = tls = TlsConfig(**check.tls(p, check.table(p, data, "tls"), tls_fields, here))
+    needing = [a.name for a in acls.values() if a.kind == "client_cert"]
+    if needing and not tls.client_ca_file:
+        p.add(
+            f"acl.{needing[0]}",
+            "a client_cert ACL needs [tls] client_ca_file (the CA of the client certificates)",
+        )
     kwargs["headers"] = dict(check.table(p, data, "headers")) or {"forwarded_for": "delete"}
     kwargs["log"] = {"access": "-", "format": "squid", **check.table(p, data, "log")}
     entries = check.filters(p, data.get("filters", []))

@@ -31,6 +31,7 @@ from fwproxy.acl import (
     predefined,
 )
 from fwproxy.auth import HtpasswdChecker, HtpasswdError
+from fwproxy.tls import CLIENT_CERT_MODES, TLSError, load_certificates
 from fwproxy.tomllines import Path, key_lines
 
 _ACL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
@@ -305,6 +306,37 @@ def auth(
             HtpasswdChecker(path)
         except HtpasswdError as e:
             p.add("auth.htpasswd", str(e))
+    return values
+
+
+def tls(
+    p: Problems, section: Mapping[str, Any], fields: Sequence[str], directory: str | None
+) -> dict[str, Any]:
+    """The valid values of ``[tls]`` (``fields``: its keys). ``client_ca_file`` is read once
+    to check that it holds certificates; a relative path is relative to ``directory``."""
+    unknown(p, "tls", section, fields)
+    values: dict[str, Any] = {}
+    if "client_ca_file" in section:
+        path = section["client_ca_file"]
+        if not isinstance(path, str) or not path or any(c in path for c in "\r\n\0"):
+            p.add("tls.client_ca_file", "expected the path of a PEM file of CA certificates")
+        else:
+            if directory is not None:
+                path = os.path.join(directory, path)  # an absolute path stays what it is
+            try:
+                load_certificates(path, "client_ca_file")
+                values["client_ca_file"] = path
+            except TLSError as e:
+                p.add("tls.client_ca_file", str(e))
+    if "client_cert" in section:
+        mode = section["client_cert"]
+        if mode not in CLIENT_CERT_MODES:
+            choices = " or ".join(f'"{m}"' for m in CLIENT_CERT_MODES)
+            p.add("tls.client_cert", f"expected {choices}, got {mode!r}")
+        elif "client_ca_file" not in section:
+            p.add("tls.client_cert", "needs tls.client_ca_file (the CA that signs client certs)")
+        else:
+            values["client_cert"] = mode
     return values
 
 

@@ -16,7 +16,14 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from zope.interface import implementer, provider
 
-from fwproxy.acl import AccessPolicy, AclContext, NeedAddresses, NeedCredentials, client_ip
+from fwproxy.acl import (
+    CLIENT_CERT_NOTE,
+    AccessPolicy,
+    AclContext,
+    NeedAddresses,
+    NeedCredentials,
+    client_ip,
+)
 from fwproxy.auth import RATE_LIMITED
 from fwproxy.interfaces import (
     IConnectFilter,
@@ -64,6 +71,7 @@ class AclFilter:
             addresses=addresses,
             auth_pending=self._auth is not None and _AUTH_TRIED not in request.notes,
             listening=self._listening,
+            client_cert=request.notes.get(CLIENT_CERT_NOTE),
         )
 
     def requestReceived(self, request: Request) -> Response | None | Deferred:
