@@ -3,13 +3,16 @@
 
 Named ACLs, each of one type, and an ordered list of rules ``allow|deny NAME [!NAME ...]``:
 the first rule whose ACLs all match decides; no match means deny. Types: ``src``, ``dst``,
-``dstdomain``, ``dstdom_regex``, ``port``, ``method``, ``url_regex``, ``time``, ``proxy_auth``.
+``dstdomain``, ``dstdom_regex``, ``port``, ``method``, ``url_regex``, ``time``, ``proxy_auth``,
+``ssl_sni``.
 Predefined: ``all``, and the destination sets ``to_localhost``, ``to_linklocal``, ``to_private``.
 
 Parsing turns configuration values into matchers once, raising :class:`AclError` naming the bad
 value; matching is then pure: :meth:`AccessPolicy.check` takes an :class:`AclContext`. A ``dst``
 ACL needs the destination's resolved addresses: when a rule reaches one before they are known,
-``check`` raises :class:`NeedAddresses` so the caller can resolve and ask again.
+``check`` raises :class:`NeedAddresses` so the caller can resolve and ask again. Likewise an
+``ssl_sni`` ACL reached while a peeked tunnel's ClientHello is still to come raises
+:class:`NeedSni`: the caller lets the tunnel reach its ClientHello and asks again then.
 """
 
 from __future__ import annotations
@@ -37,6 +40,10 @@ class NeedCredentials(Exception):
     """A rule needs the authenticated user, and authentication has not been tried yet."""
 
 
+class NeedSni(Exception):
+    """A rule needs the TLS server name of a tunnel whose ClientHello has not arrived yet."""
+
+
 #: a transport's or resolver's host string as an address (IPv4-mapped IPv6 becomes IPv4)
 client_ip = parse_ip
 
@@ -61,6 +68,10 @@ class AclContext:
     auth_pending: bool = False
     #: the proxy's listening ``(host, port)`` pairs, for ``to_self``
     listening: Sequence[tuple[str, int]] = ()
+    #: a peeked tunnel's TLS server name ("" when its ClientHello named none); None otherwise
+    sni: str | None = None
+    #: the ClientHello is still to come: an ``ssl_sni`` ACL raises NeedSni
+    sni_pending: bool = False
 
 
 class Acl:
@@ -185,7 +196,7 @@ class DstDomainAcl(Acl):
         for v in _strings(name, self.kind, values):
             d = v.strip().lower().rstrip(".")
             if not d or any(c.isspace() for c in d):
-                raise AclError(f"acl.{name}.dstdomain: {v!r} is not a domain")
+                raise AclError(f"acl.{name}.{self.kind}: {v!r} is not a domain")
             if d.startswith("."):
                 exact.add(d[1:])
                 suffixes.append(d)
@@ -455,11 +466,14 @@ class AccessPolicy:
     def __init__(self, rules: Sequence[Rule]) -> None:
         self.rules = tuple(rules)
         self.needs_addresses = any(r.needs_addresses for r in self.rules)
+        #: some rule has an ``ssl_sni`` ACL: a CONNECT to a peeked port may be decided later
+        self.needs_sni = any(acl.kind == SslSniAcl.kind for r in self.rules for acl, _ in r.terms)
 
     def check(self, ctx: AclContext) -> Rule | None:
         """The deciding rule (``rule.allow`` says allow), or ``None``: no rule matched, deny.
 
         :raise NeedAddresses: a rule reached needs ``ctx.addresses`` and it is ``None``.
+        :raise NeedSni: a rule reached has an ``ssl_sni`` ACL and ``ctx.sni_pending``.
         """
         for rule in self.rules:
             if rule.matches(ctx):
@@ -479,3 +493,31 @@ class AccessPolicy:
             for r in self.rules
             if r.allow and not any(not neg and _restricts_source(acl) for acl, neg in r.terms)
         ]
+
+
+#: ``Request.notes`` key of a peeked tunnel's TLS server name ("" when the ClientHello had none),
+#: set when the ClientHello arrives; the ``acl`` filter reads it for ``ssl_sni`` ACLs
+SNI_NOTE = "fwproxy.sni"
+#: ``Request.notes`` key set (True) when the access rules postponed a CONNECT to its ClientHello
+SNI_POSTPONED = "fwproxy.sni_postponed"
+
+
+class SslSniAcl(DstDomainAcl):
+    """``ssl_sni``: the server name of a peeked tunnel's ClientHello, with ``dstdomain``'s values
+    (``.example.com`` is the domain and its subdomains). Never matches a relayed request, nor a
+    tunnel whose ClientHello named no server; before the ClientHello (``ctx.sni_pending``) it
+    raises :class:`NeedSni`, so that the rule is decided when the ClientHello arrives."""
+
+    kind = "ssl_sni"
+
+    def match(self, ctx: AclContext) -> bool:
+        if ctx.sni_pending:
+            raise NeedSni(self.name)
+        sni = ctx.sni
+        if not sni:
+            return False
+        sni = sni.lower().rstrip(".")
+        return sni in self.exact or sni.endswith(self.suffixes)
+
+
+ACL_TYPES[SslSniAcl.kind] = SslSniAcl

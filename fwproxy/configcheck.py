@@ -308,6 +308,42 @@ def auth(
     return values
 
 
+#: ``[tunnel]`` keys whose value is one of a few words, and the words
+TUNNEL_CHOICES = {"sni_mismatch": ("deny", "log", "allow"), "ech": ("allow", "deny")}
+
+
+def tunnel(p: Problems, section: Mapping[str, Any]) -> dict[str, Any]:
+    """The valid values of ``[tunnel]``: ``peek_ports`` (a list of ports, possibly empty) and
+    the words of :data:`TUNNEL_CHOICES`."""
+    unknown(p, "tunnel", section, ("peek_ports", *TUNNEL_CHOICES))
+    values: dict[str, Any] = {}
+    if "peek_ports" in section:
+        ports = section["peek_ports"]
+        if not isinstance(ports, list):
+            p.add("tunnel.peek_ports", f"expected a list of ports like [443], got {ports!r}")
+        else:
+            good = set()
+            for i, port in enumerate(ports):
+                if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+                    p.add(
+                        "tunnel.peek_ports",
+                        f"{port!r} is not a port (1-65535)",
+                        ("tunnel", "peek_ports", i),
+                    )
+                else:
+                    good.add(port)
+            values["peek_ports"] = frozenset(good)
+    for key, words in TUNNEL_CHOICES.items():
+        if key in section:
+            v = section[key]
+            if v not in words:
+                listed = " or ".join(f'"{w}"' for w in words)
+                p.add(f"tunnel.{key}", f"expected {listed}, got {v!r}")
+            else:
+                values[key] = v
+    return values
+
+
 def filters(p: Problems, entries: object) -> list[tuple[int, str, dict[str, Any]]]:
     """The ``[[filters]]`` entries that have a name: ``(index, name, options)``."""
     if not isinstance(entries, list):

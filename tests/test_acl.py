@@ -325,6 +325,7 @@ def test_every_type_is_registered():
         "url_regex",
         "time",
         "proxy_auth",
+        "ssl_sni",
     }
     for kind, cls in ACL_TYPES.items():
         assert cls.kind == kind and issubclass(cls, Acl)
