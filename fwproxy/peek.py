@@ -220,7 +220,7 @@ class PeekingConnectTransaction(ConnectTransaction):
         try:
             result = chain.run(self.proxy.chain.destination, req)
         except Exception:
-            self._hello_check_failed(Failure())
+            self._hello_checked(self._hello_check_failed(Failure()))
             return
         if isinstance(result, Deferred):
             result.addErrback(self._hello_check_failed)
