@@ -495,29 +495,23 @@ class AccessPolicy:
         ]
 
 
-#: ``Request.notes`` key of a peeked tunnel's TLS server name ("" when the ClientHello had none),
-#: set when the ClientHello arrives; the ``acl`` filter reads it for ``ssl_sni`` ACLs
-SNI_NOTE = "fwproxy.sni"
-#: ``Request.notes`` key set (True) when the access rules postponed a CONNECT to its ClientHello
-SNI_POSTPONED = "fwproxy.sni_postponed"
+#: ``Request.notes`` keys: a peeked tunnel's server name ("" if none), for ``ssl_sni`` ACLs;
+#: True when the rules postponed a CONNECT to its ClientHello (see :mod:`fwproxy.peek`)
+SNI_NOTE, SNI_POSTPONED = "fwproxy.sni", "fwproxy.sni_postponed"
 
 
 class SslSniAcl(DstDomainAcl):
-    """``ssl_sni``: the server name of a peeked tunnel's ClientHello, with ``dstdomain``'s values
-    (``.example.com`` is the domain and its subdomains). Never matches a relayed request, nor a
-    tunnel whose ClientHello named no server; before the ClientHello (``ctx.sni_pending``) it
-    raises :class:`NeedSni`, so that the rule is decided when the ClientHello arrives."""
+    """``ssl_sni``: a peeked tunnel's ClientHello server name, with ``dstdomain``'s values. Never
+    matches a relayed request, nor a hello without a name; raises :class:`NeedSni` before the
+    ClientHello (``ctx.sni_pending``): the rule is decided when it arrives."""
 
     kind = "ssl_sni"
 
     def match(self, ctx: AclContext) -> bool:
         if ctx.sni_pending:
             raise NeedSni(self.name)
-        sni = ctx.sni
-        if not sni:
-            return False
-        sni = sni.lower().rstrip(".")
-        return sni in self.exact or sni.endswith(self.suffixes)
+        sni = (ctx.sni or "").lower().rstrip(".")
+        return bool(sni) and (sni in self.exact or sni.endswith(self.suffixes))
 
 
 ACL_TYPES[SslSniAcl.kind] = SslSniAcl
