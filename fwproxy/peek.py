@@ -98,7 +98,8 @@ class HelloPeek:
         self.tunnel = tunnel
         self.state = PEEKING
         self._parser: ClientHelloParser | None = ClientHelloParser()
-        self._held: list[bytes] = []
+        # None once decided: an open tunnel keeps as little as possible
+        self._held: list[bytes] | None = []
         self._eof = False
         # the origin waits: nothing of it reaches a client that may yet be refused
         tunnel.upstream_t.pauseProducing()
@@ -107,28 +108,32 @@ class HelloPeek:
     @property
     def held(self) -> int:
         """Bytes received from the client and not passed on."""
-        return sum(map(len, self._held))
+        return sum(map(len, self._held or ()))
 
     def client_data(self, data: bytes) -> None:
-        state = self.state
-        if state is OPEN:
+        if self.state is OPEN:
             self.tunnel.client_data(data)
-        elif state is PEEKING:
-            self._held.append(data)
-            try:
-                hello = self._parser.feed(data)  # type: ignore[union-attr]
-            except NotTLS as e:
-                self.txn.refuse(f"not TLS: {e}", alert=False)
-                return
-            except HelloError as e:
-                self.txn.refuse(f"malformed ClientHello: {e}", alert=True)
-                return
-            if hello is not None:
-                self.state = DECIDING
-                self._parser = None
-                self.txn.hello_received(hello)
-        elif state is DECIDING:
-            self._held.append(data)  # one read at most: the client is paused meanwhile
+            return
+        held, parser = self._held, self._parser
+        if held is None or self.tunnel.closed:  # refused, or the origin went away
+            self.state = CLOSED
+            self._held = self._parser = None
+            return
+        held.append(data)
+        if parser is None:
+            return  # deciding: one read at most, the client is paused meanwhile
+        try:
+            hello = parser.feed(data)
+        except NotTLS as e:
+            self.txn.refuse(f"not TLS: {e}", alert=False)
+            return
+        except HelloError as e:
+            self.txn.refuse(f"malformed ClientHello: {e}", alert=True)
+            return
+        if hello is not None:
+            self.state = DECIDING
+            self._parser = None
+            self.txn.hello_received(hello)
 
     def client_eof(self) -> None:
         if self.state is OPEN:
@@ -144,6 +149,7 @@ class HelloPeek:
 
     def client_lost(self) -> None:
         self.state = CLOSED
+        self._held = self._parser = None
         self.tunnel.client_lost()
 
     def open(self) -> None:
@@ -151,7 +157,7 @@ class HelloPeek:
         if self.state is CLOSED or self.tunnel.closed:
             return
         self.state = OPEN
-        held, self._held = self._held, []
+        held, self._held = self._held, None
         self.tunnel.upstream_t.resumeProducing()
         if held:
             self.tunnel.client_data(b"".join(held))
@@ -163,7 +169,7 @@ class HelloPeek:
         if self.state is CLOSED:
             return
         self.state = CLOSED
-        self._held = []
+        self._held = None
         self._parser = None
         if alert and not self.tunnel.closed:
             self.tunnel.client_t.write(ACCESS_DENIED_ALERT)
@@ -252,7 +258,7 @@ class PeekingConnectTransaction(ConnectTransaction):
     def refuse(self, reason: str, alert: bool) -> None:
         """Close the tunnel, logged ``TCP_DENIED/403`` with ``reason`` in the notes."""
         peek = self.peek
-        if peek is None or peek.state is CLOSED:
+        if peek is None or peek.state is CLOSED or self.done:
             return
         self.status = 403
         self.result = TCP_DENIED
