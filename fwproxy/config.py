@@ -18,8 +18,9 @@ from importlib import resources
 from typing import Any
 
 from fwproxy import configcheck as check
-from fwproxy.acl import AccessPolicy, Acl, predefined
+from fwproxy.acl import Acl, predefined
 from fwproxy.configcheck import Problems
+from fwproxy.rules import AccessPolicy
 from fwproxy.tls import check_listener, is_ssl
 from fwproxy.twisted_private import endpoint_port
 
@@ -41,7 +42,8 @@ class Timeouts:
     connection with no request; ``upstream_first_byte``: from the request sent to the first
     byte of the response; ``read``: no byte either way in the middle of a relayed transaction;
     ``tunnel_idle``: no byte either way in a CONNECT tunnel; ``drain``: on SIGTERM, how long
-    transactions in flight may take to finish before they are cut."""
+    transactions in flight may take to finish before they are cut; ``client_hello``: from a
+    peeked tunnel's ``200`` to the end of the client's TLS ClientHello."""
 
     connect: float = 10.0
     request_header: float = 30.0
@@ -50,6 +52,7 @@ class Timeouts:
     read: float = 900.0
     tunnel_idle: float = 900.0
     drain: float = 25.0
+    client_hello: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,19 @@ class TlsConfig:
 
 
 @dataclass(frozen=True)
+class TunnelConfig:
+    """``[tunnel]``: ``peek_ports``, the CONNECT ports whose client's TLS ClientHello is read
+    before splicing (:mod:`fwproxy.peek`); ``sni_mismatch``, what to do with a CONNECT to a
+    host name whose ClientHello names another server (``"deny"``, ``"log"``: allow with a
+    warning, ``"allow"``); ``ech``, whether a ClientHello with Encrypted Client Hello is let
+    through (``"allow"``) or not (``"deny"``)."""
+
+    peek_ports: frozenset[int] = frozenset({443})
+    sni_mismatch: str = "deny"
+    ech: str = "allow"
+
+
+@dataclass(frozen=True)
 class FilterSpec:
     """One ``[[filters]]`` entry: a filter's name and its options table."""
 
@@ -120,6 +136,7 @@ class Config:
     timeouts: Timeouts = Timeouts()
     limits: Limits = Limits()
     pool: PoolConfig = PoolConfig()
+    tunnel: TunnelConfig = TunnelConfig()
     acls: Mapping[str, Acl] = field(default_factory=predefined)
     access: AccessPolicy = field(default_factory=lambda: AccessPolicy([]))
     headers: Mapping[str, Any] = field(default_factory=lambda: {"forwarded_for": "delete"})
@@ -153,6 +170,7 @@ _SECTIONS = (
     "timeouts",
     "limits",
     "pool",
+    "tunnel",
     "auth",
     "tls",
     "acl",
@@ -193,6 +211,7 @@ def parse(data: Mapping[str, Any], source: str = DEFAULT_NAME, text: str = "") -
         kwargs["listen"] = listen
     for key, cls in (("timeouts", Timeouts), ("limits", Limits), ("pool", PoolConfig)):
         kwargs[key] = cls(**check.numbers(p, key, check.table(p, data, key), cls))
+    kwargs["tunnel"] = TunnelConfig(**check.tunnel(p, check.table(p, data, "tunnel")))
     acls = check.acls(p, check.table(p, data, "acl"))
     kwargs["acls"] = acls
     kwargs["access"] = check.access(p, check.table(p, data, "access"), acls)

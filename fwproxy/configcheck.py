@@ -19,18 +19,9 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from fwproxy.acl import (
-    AccessPolicy,
-    Acl,
-    AclError,
-    DstAcl,
-    IPNetwork,
-    Rule,
-    make_acl,
-    parse_rule,
-    predefined,
-)
+from fwproxy.acl import Acl, AclError, DstAcl, IPNetwork, make_acl, predefined
 from fwproxy.auth import HtpasswdChecker, HtpasswdError
+from fwproxy.rules import AccessPolicy, Rule, parse_rule
 from fwproxy.tls import CLIENT_CERT_MODES, TLSError, load_certificates
 from fwproxy.tomllines import Path, key_lines
 
@@ -337,6 +328,42 @@ def tls(
             p.add("tls.client_cert", "needs tls.client_ca_file (the CA that signs client certs)")
         else:
             values["client_cert"] = mode
+    return values
+
+
+#: ``[tunnel]`` keys whose value is one of a few words, and the words
+TUNNEL_CHOICES = {"sni_mismatch": ("deny", "log", "allow"), "ech": ("allow", "deny")}
+
+
+def tunnel(p: Problems, section: Mapping[str, Any]) -> dict[str, Any]:
+    """The valid values of ``[tunnel]``: ``peek_ports`` (a list of ports, possibly empty) and
+    the words of :data:`TUNNEL_CHOICES`."""
+    unknown(p, "tunnel", section, ("peek_ports", *TUNNEL_CHOICES))
+    values: dict[str, Any] = {}
+    if "peek_ports" in section:
+        ports = section["peek_ports"]
+        if not isinstance(ports, list):
+            p.add("tunnel.peek_ports", f"expected a list of ports like [443], got {ports!r}")
+        else:
+            good = set()
+            for i, port in enumerate(ports):
+                if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+                    p.add(
+                        "tunnel.peek_ports",
+                        f"{port!r} is not a port (1-65535)",
+                        ("tunnel", "peek_ports", i),
+                    )
+                else:
+                    good.add(port)
+            values["peek_ports"] = frozenset(good)
+    for key, words in TUNNEL_CHOICES.items():
+        if key in section:
+            v = section[key]
+            if v not in words:
+                listed = " or ".join(f'"{w}"' for w in words)
+                p.add(f"tunnel.{key}", f"expected {listed}, got {v!r}")
+            else:
+                values[key] = v
     return values
 
 

@@ -14,7 +14,6 @@ from zope.interface.verify import verifyObject
 from fwproxy.acl import (
     ACL_TYPES,
     CLIENT_CERT_NOTE,
-    AccessPolicy,
     Acl,
     AclContext,
     AclError,
@@ -22,13 +21,13 @@ from fwproxy.acl import (
     NeedAddresses,
     client_ip,
     make_acl,
-    parse_rule,
     predefined,
 )
 from fwproxy.filters.acl import AclFilter, AclFilterFactory
 from fwproxy.interfaces import IConnectFilter, IFilterFactory, IRequestFilter
 from fwproxy.message import Request, Response
 from fwproxy.record import TCP_DENIED
+from fwproxy.rules import AccessPolicy, parse_rule
 
 ip = ipaddress.ip_address
 
@@ -364,6 +363,7 @@ def test_every_type_is_registered():
         "time",
         "proxy_auth",
         "client_cert",
+        "ssl_sni",
     }
     for kind, cls in ACL_TYPES.items():
         assert cls.kind == kind and issubclass(cls, Acl)

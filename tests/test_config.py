@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fwproxy.acl import AccessPolicy, AclContext, client_ip, predefined
+from fwproxy.acl import AclContext, client_ip, predefined
 from fwproxy.cli import main
 from fwproxy.config import (
     DEFAULT_NAME,
@@ -20,6 +20,7 @@ from fwproxy.config import (
     parse,
 )
 from fwproxy.configcheck import LINKLOCAL
+from fwproxy.rules import AccessPolicy
 
 MAIN = Path(__file__).resolve().parent.parent
 ETC = MAIN / "etc" / "fwproxy.toml"
@@ -559,8 +560,8 @@ def test_without_the_text_problems_have_no_line_and_keep_their_order():
     with pytest.raises(ConfigError) as e:
         parse({"timeouts": {"connect": -1}, "bogus": 1}, "x.toml")
     assert e.value.problems == [
-        "x.toml: bogus: unknown key (known: proxy, timeouts, limits, pool, auth, tls, acl, access, "
-        "headers, log, filters)",
+        "x.toml: bogus: unknown key (known: proxy, timeouts, limits, pool, tunnel, auth, tls, acl, "
+        "access, headers, log, filters)",
         "x.toml: timeouts.connect: must be greater than 0, got -1",
     ]
 
