@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from mypy_extensions import mypyc_attr
 from twisted.internet import tcp
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
@@ -46,6 +47,7 @@ class _ReasonProducer:
         self._proto.stream.loseConnection()
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class ClientConnectionBase(Protocol):
     """Admission, identification, flow control and closing of one client connection."""
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from mypy_extensions import mypyc_attr
 from twisted.internet import error as ierror
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.python.failure import Failure
@@ -28,10 +29,16 @@ from fwproxy.message import Request, Response
 from fwproxy.transaction import USAGE, Transaction
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class RoutedTransaction(Transaction):
     """A transaction that goes upstream: a relayed request or a CONNECT."""
 
-    request: Request
+    @property
+    def req(self) -> Request:
+        """:attr:`request`, which a routed transaction has from its :meth:`start` on."""
+        req = self.request
+        assert req is not None, "a routed transaction's request is made by start()"
+        return req
 
     def destination_decided(self, answer: Response | None) -> None:
         """The request (or CONNECT) hooks have run: answer, or go on to the destination."""
@@ -39,7 +46,7 @@ class RoutedTransaction(Transaction):
             self.answer(answer, close=self.close_after_answer())
             return
         self.routing()
-        req = self.request
+        req = self.req
         checks = self.proxy.chain.destination
         if checks and req.checked != req.destination:
             self._recheck(checks)
@@ -54,7 +61,7 @@ class RoutedTransaction(Transaction):
         """The request is allowed: it now waits on its destination (subclasses' state)."""
 
     def _recheck(self, checks: tuple[Any, ...]) -> None:
-        req = self.request
+        req = self.req
         checked = req.checked
         if (
             checked is not None
@@ -82,7 +89,7 @@ class RoutedTransaction(Transaction):
 
     def resolve_destination(self) -> None:
         """Resolve ``request.host`` unless a filter already did, then :meth:`_resolved`."""
-        req = self.request
+        req = self.req
         if req.addresses is not None:
             self._resolved(req.addresses)
             return
@@ -94,7 +101,7 @@ class RoutedTransaction(Transaction):
             self._resolved(result)
 
     def _resolved(self, addresses: list[str]) -> None:
-        req = self.request
+        req = self.req
         req.addresses = addresses
         if not addresses:
             self.error(502, f"cannot resolve {req.host}")
@@ -119,14 +126,14 @@ class RoutedTransaction(Transaction):
 
     def _connect_timeout(self) -> None:
         self.cancel_wait()
-        self.error(504, f"timed out connecting to {self.request.authority}")
+        self.error(504, f"timed out connecting to {self.req.authority}")
 
     def connect_failed(self, f: Failure) -> None:
         """Connecting upstream failed: refused or unreachable → 502, timed out → 504."""
         self._waiting = None
         if self.done or f.check(CancelledError):
             return  # whoever cancelled has answered
-        authority = self.request.authority
+        authority = self.req.authority
         if f.check(ierror.TimeoutError, ierror.ConnectingCancelledError, ierror.UserError):
             self.error(504, f"timed out connecting to {authority}")
         elif f.check(ierror.ConnectionRefusedError):

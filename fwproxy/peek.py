@@ -190,7 +190,7 @@ class PeekingConnectTransaction(ConnectTransaction):
     peek: HelloPeek | None = None
 
     def raw_handler(self, tunnel: Tunnel) -> RawHandler:
-        req = self.request
+        req = self.req
         config = self.proxy.config
         if req.port not in config.tunnel.peek_ports and not req.notes.get(SNI_POSTPONED):
             return tunnel
@@ -199,7 +199,7 @@ class PeekingConnectTransaction(ConnectTransaction):
 
     def hello_received(self, hello: ClientHello) -> None:
         """The ClientHello is complete: screen it, then run the postponed rules."""
-        req = self.request
+        req = self.req
         self.sni = hello.sni or ""
         if hello.ech:
             req.notes[ECH_NOTE] = True
@@ -262,7 +262,7 @@ class PeekingConnectTransaction(ConnectTransaction):
             return
         self.status = 403
         self.result = TCP_DENIED
-        self.request.notes[DENIED_NOTE] = reason
+        self.req.notes[DENIED_NOTE] = reason
         # counted before closing: the tunnel's end makes the record
         self.bytes_in += peek.held
         if alert:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from mypy_extensions import mypyc_attr
+
 # Squid-style result codes, public names for filters, observers and log readers: what
 # ``TransactionRecord.result`` holds (a filter's Response may carry any of them in
 # ``result_code``). They keep Squid's meanings so that log tooling written for Squid reads them.
@@ -27,6 +29,7 @@ RESULT_CODES = (TCP_MISS, TCP_MISS_ABORTED, TCP_TUNNEL, TCP_TUNNEL_ABORTED, TCP_
 
 
 @dataclass
+@mypyc_attr(allow_interpreted_subclasses=True)
 class TransactionRecord:
     """One request and its outcome.
 

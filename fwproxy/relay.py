@@ -23,6 +23,7 @@ from __future__ import annotations
 import enum
 from typing import Any
 
+from mypy_extensions import mypyc_attr
 from twisted.internet.defer import CancelledError
 
 from fwproxy import http1, writes
@@ -72,6 +73,7 @@ def _with_host(fields: list[tuple[bytes, bytes]], host_header: bytes) -> list[tu
     return fields
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class RelayTransaction(RoutedTransaction):
     """One relayed request/response."""
 
@@ -117,7 +119,7 @@ class RelayTransaction(RoutedTransaction):
         self.state = CONNECTING
 
     def connect_upstream(self) -> None:
-        req = self.request
+        req = self.req
         pool = self.proxy.pool
         key = (req.host, req.port)
         addresses = req.addresses or []
@@ -146,7 +148,7 @@ class RelayTransaction(RoutedTransaction):
 
     def _connect(self, address: str) -> None:
         self.arm_connect()
-        req = self.request
+        req = self.req
         d = self.proxy.pool.connect(
             (req.host, req.port), address, self.proxy.config.timeouts.connect
         )
@@ -162,7 +164,7 @@ class RelayTransaction(RoutedTransaction):
         self.upstream_address = conn.address
         head = self.head
         conn.begin(self.response, head.method)
-        req = self.request
+        req = self.req
         fields = req.headers.fields()
         if head.chunked:
             fields = [*fields, (b"Transfer-Encoding", b"chunked")]
@@ -223,10 +225,10 @@ class RelayTransaction(RoutedTransaction):
                 self.deadline.restart(timeout, self._first_byte_timeout)
 
     def _first_byte_timeout(self) -> None:
-        self.error(504, f"{self.request.authority} did not answer in time")
+        self.error(504, f"{self.req.authority} did not answer in time")
 
     def _read_timeout(self) -> None:
-        self.error(504, f"{self.request.authority}: no data for too long")
+        self.error(504, f"{self.req.authority}: no data for too long")
 
     # -- what the response side tells (fwproxy.response.Exchange) -------------------------
     def response_started(self) -> None:
@@ -269,7 +271,7 @@ class RelayTransaction(RoutedTransaction):
             self.proxy.pool.discard(conn)
             self.state = CONNECTING
             self.deadline.restart(self.proxy.config.timeouts.connect, self._connect_timeout)
-            self._connect((self.request.addresses or [""])[0])
+            self._connect((self.req.addresses or [""])[0])
             return
         self.error(error.status, error.message)
 

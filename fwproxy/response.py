@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from mypy_extensions import mypyc_attr
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.python.failure import Failure
 
@@ -34,7 +35,10 @@ class Exchange(Protocol):
     proxy: ProxyServices
     deadline: Deadline
     head: RequestHead
-    request: Request
+
+    @property
+    def req(self) -> Request: ...
+
     upstream: UpstreamProtocol | None
     done: bool
     status: int
@@ -74,6 +78,7 @@ class _Ended:
 _ENDED: Any = _Ended()
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class ResponseRelay:
     """Streams one upstream response to the client (see the module docstring)."""
 
@@ -149,7 +154,7 @@ class ResponseRelay:
             self._send_head(response)
             return
         try:
-            result = chain.run(hooks, x.request, response)
+            result = chain.run(hooks, x.req, response)
         except Exception:
             x.fail(Failure())
             return

@@ -5,6 +5,8 @@ CONNECT, each turned into the destination the proxy connects to (or a 400 explai
 
 from __future__ import annotations
 
+from typing import Any
+
 import httptools
 
 from fwproxy.http1 import ProtocolError
@@ -16,7 +18,9 @@ def parse_absolute(target: bytes) -> tuple[str, int, bytes, bytes]:
     :raise ProtocolError: 400 for anything else.
     """
     try:
-        url = httptools.parse_url(target)
+        # Any: httptools' stubs type the parts as bytes/int, but absent ones are None (and a
+        # compiled build checks the declared types at run time)
+        url: Any = httptools.parse_url(target)
     except httptools.HttpParserInvalidURLError:
         raise ProtocolError(400, "malformed request target") from None
     scheme = (url.schema or b"").lower()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from mypy_extensions import mypyc_attr
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -34,6 +35,7 @@ USAGE = (
 _FRAMING = (b"content-length", b"connection", b"transfer-encoding")
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Transaction:
     """Bookkeeping shared by every kind of transaction; on its own it answers the proxy's own
     error pages (a malformed request, a request-header timeout)."""

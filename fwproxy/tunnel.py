@@ -168,7 +168,7 @@ class ConnectTransaction(RoutedTransaction):
         self._connecting = True
 
     def connect_upstream(self) -> None:
-        req = self.request
+        req = self.req
         self.arm_connect()
         address = req.addresses[0]  # type: ignore[index]
         self.upstream_address = (
@@ -214,7 +214,7 @@ class ConnectTransaction(RoutedTransaction):
         """The tunnel is up: keep of the request only what its log record needs."""
         keep = (b"user-agent", b"referer")
         self.head.headers = [(k, v) for k, v in self.head.headers if k.lower() in keep]
-        self.request.headers = Headers()
+        self.req.headers = Headers()
 
     def tunnel_closed(self) -> None:
         self.request_done = True

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 from typing import Protocol as TypingProtocol
 
+from mypy_extensions import mypyc_attr
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import ClientFactory, Protocol
@@ -25,6 +26,7 @@ from fwproxy.timer import Deadline
 Key = tuple[str, int]
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class ConnectingProtocol(Protocol):
     """A client protocol that fires the Deferred :func:`connect_tcp` returned once connected."""
 
@@ -80,6 +82,7 @@ class Handler(TypingProtocol):
     def upstream_lost(self, reason: Failure) -> None: ...
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class UpstreamProtocol(ConnectingProtocol):
     """One connection to an origin; serves one request at a time."""
 
@@ -149,6 +152,7 @@ class UpstreamProtocol(ConnectingProtocol):
         return bool(self.connected and r is not None and r.done and not r.extra and r.keep_alive)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class UpstreamPool:
     """Idle keep-alive connections to origins, keyed by ``(host, port)``."""
 
