@@ -93,6 +93,15 @@ class AuthConfig:
 
 
 @dataclass(frozen=True)
+class TlsConfig:
+    """``[tls]``: ``ca_file`` (PEM) holds the CA certificates trusted for the TLS the proxy
+    originates (``https://`` origins, parents with ``tls = true``) instead of the system trust
+    store; it names the upstream trust store only."""
+
+    ca_file: str | None = None
+
+
+@dataclass(frozen=True)
 class FilterSpec:
     """One ``[[filters]]`` entry: a filter's name and its options table."""
 
@@ -114,6 +123,7 @@ class Config:
     log: Mapping[str, Any] = field(default_factory=lambda: {"access": "-", "format": "squid"})
     filters: tuple[FilterSpec, ...] = ()
     auth: AuthConfig | None = None
+    tls: TlsConfig = TlsConfig()
     source: str = DEFAULT_NAME
     warnings: tuple[str, ...] = ()
 
@@ -141,6 +151,7 @@ _SECTIONS = (
     "limits",
     "pool",
     "auth",
+    "tls",
     "acl",
     "access",
     "headers",
@@ -181,8 +192,8 @@ def parse(data: Mapping[str, Any], source: str = DEFAULT_NAME, text: str = "") -
     kwargs["acls"] = acls
     kwargs["access"] = check.access(p, check.table(p, data, "access"), acls)
     kwargs["warnings"] = tuple(check.warnings(source, kwargs["access"]))
+    here = None if source == DEFAULT_NAME else os.path.dirname(os.path.abspath(source))
     if "auth" in data:
-        here = None if source == DEFAULT_NAME else os.path.dirname(os.path.abspath(source))
         fields = list(AuthConfig.__dataclass_fields__)
         kwargs["auth"] = AuthConfig(**check.auth(p, check.table(p, data, "auth"), fields, here))
     else:
@@ -191,6 +202,8 @@ def parse(data: Mapping[str, Any], source: str = DEFAULT_NAME, text: str = "") -
             p.add(
                 f"acl.{needing[0]}", 'a proxy_auth ACL needs an [auth] section (htpasswd = "PATH")'
             )
+    tls_fields = list(TlsConfig.__dataclass_fields__)
+    kwargs["tls"] = TlsConfig(**check.tls(p, check.table(p, data, "tls"), tls_fields, here))
     kwargs["headers"] = dict(check.table(p, data, "headers")) or {"forwarded_for": "delete"}
     kwargs["log"] = {"access": "-", "format": "squid", **check.table(p, data, "log")}
     entries = check.filters(p, data.get("filters", []))

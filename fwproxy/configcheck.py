@@ -31,6 +31,7 @@ from fwproxy.acl import (
     predefined,
 )
 from fwproxy.auth import HtpasswdChecker, HtpasswdError
+from fwproxy.origination import TrustStoreError, load_certificates
 from fwproxy.tomllines import Path, key_lines
 
 _ACL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
@@ -305,6 +306,28 @@ def auth(
             HtpasswdChecker(path)
         except HtpasswdError as e:
             p.add("auth.htpasswd", str(e))
+    return values
+
+
+def tls(
+    p: Problems, section: Mapping[str, Any], fields: Sequence[str], directory: str | None
+) -> dict[str, Any]:
+    """The valid values of ``[tls]`` (``fields``: its keys). ``ca_file`` is read once to check
+    that it holds certificates; a relative path is relative to ``directory``."""
+    unknown(p, "tls", section, fields)
+    values: dict[str, Any] = {}
+    if "ca_file" in section:
+        path = section["ca_file"]
+        if not isinstance(path, str) or not path or any(c in path for c in "\r\n\0"):
+            p.add("tls.ca_file", "expected the path of a PEM file of CA certificates")
+        else:
+            if directory is not None:
+                path = os.path.join(directory, path)  # an absolute path stays what it is
+            try:
+                load_certificates(path)
+                values["ca_file"] = path
+            except TrustStoreError as e:
+                p.add("tls.ca_file", str(e))
     return values
 
 

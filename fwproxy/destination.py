@@ -11,8 +11,9 @@ After the request (or CONNECT) hooks have run, :class:`RoutedTransaction`:
    the addresses checked are the addresses connected to;
 3. refuses a forwarding loop (a destination that is this proxy);
 4. connects (the subclass's :meth:`connect_upstream`), answering 502 for a refused or failed
-   connection and 504 for one that timed out, with one ``timeouts.connect`` budget for name
-   resolution and connecting.
+   connection (or a TLS handshake that failed: the reason is in the answer, in
+   ``notes["fwproxy.tls_error"]`` and in a warning logged) and 504 for one that timed out, with
+   one ``timeouts.connect`` budget for name resolution and connecting.
 """
 
 from __future__ import annotations
@@ -21,11 +22,18 @@ from typing import Any
 
 from twisted.internet import error as ierror
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from fwproxy import chain
 from fwproxy.message import Request, Response
+from fwproxy.origination import TLSFailed
 from fwproxy.transaction import USAGE, Transaction
+
+log = Logger()
+
+#: where a failed TLS handshake's reason is kept in ``Request.notes`` (and the log record's)
+TLS_ERROR = "fwproxy.tls_error"
 
 
 class RoutedTransaction(Transaction):
@@ -131,5 +139,17 @@ class RoutedTransaction(Transaction):
             self.error(504, f"timed out connecting to {authority}")
         elif f.check(ierror.ConnectionRefusedError):
             self.error(502, f"connection to {authority} refused")
+        elif f.check(TLSFailed):
+            reason = f.getErrorMessage()
+            self.request.notes[TLS_ERROR] = reason
+            log.warn(
+                "fwproxy: TLS to {authority} failed ({client} {method} {target}): {reason}",
+                authority=authority,
+                client=self.conn.client[0],
+                method=self.request.method,
+                target=self.request.url,
+                reason=reason,
+            )
+            self.error(502, f"TLS to {authority} failed: {reason}")
         else:
             self.error(502, f"cannot connect to {authority}: {f.getErrorMessage()}")

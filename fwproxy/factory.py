@@ -24,6 +24,7 @@ from fwproxy.admission import Admission
 from fwproxy.auth import Authenticator, HtpasswdChecker, make_portal
 from fwproxy.chain import FilterChain
 from fwproxy.config import AuthConfig, Config
+from fwproxy.origination import Origination
 from fwproxy.plugins import FilterContext, find_factory
 from fwproxy.protocol import ProxyProtocol
 from fwproxy.record import TransactionRecord
@@ -101,6 +102,7 @@ class ProxyFactory(Factory):
             config.pool.max_idle_per_host,
             config.pool.idle_timeout,
             config.limits.max_upstream_per_host,
+            Origination(reactor, config.tls.ca_file),
         )
         limits = config.limits
         self.admission = Admission(
@@ -221,6 +223,7 @@ class ProxyFactory(Factory):
         :raise Exception: building the new filters failed; the old configuration stays.
         """
         context = self._make_context(config)
+        origination = Origination(self.reactor, config.tls.ca_file)  # ca_file is read again
         context.listening = self.listening
         new_chain = FilterChain(build_filters(config, context))
         running = self.numPorts > 0
@@ -234,6 +237,7 @@ class ProxyFactory(Factory):
         self.pool.max_idle_per_host = config.pool.max_idle_per_host
         self.pool.idle_timeout = config.pool.idle_timeout
         self.pool.max_per_host = limits.max_upstream_per_host
+        self.pool.origination = origination
         if running:
             self._stop_filters(old)
         return self._stopped()

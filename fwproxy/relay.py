@@ -89,7 +89,7 @@ class RelayTransaction(RoutedTransaction):
     def start(self) -> None:
         head = self.head
         try:
-            host, port, path, host_header = parse_absolute(head.target)
+            scheme, host, port, path, host_header = parse_absolute(head.target)
         except http1.ProtocolError as e:
             self.answer(Response.text(e.status, f"fwproxy: {e.message}. {USAGE}"), close=True)
             return
@@ -102,6 +102,7 @@ class RelayTransaction(RoutedTransaction):
             Headers._adopt(_with_host(http1.end_to_end(head.headers), host_header)),
             head.version,
             self.conn.client,
+            scheme,
         )
         request.credentials = http1.proxy_credentials(head.headers)
         limit = self.proxy.config.limits.max_body_size
@@ -119,7 +120,7 @@ class RelayTransaction(RoutedTransaction):
     def connect_upstream(self) -> None:
         req = self.request
         pool = self.proxy.pool
-        key = (req.host, req.port)
+        key = (req.scheme, req.host, req.port)
         addresses = req.addresses or []
         conn = pool.take_idle(key, addresses)
         if conn is not None:
@@ -148,7 +149,10 @@ class RelayTransaction(RoutedTransaction):
         self.arm_connect()
         req = self.request
         d = self.proxy.pool.connect(
-            (req.host, req.port), address, self.proxy.config.timeouts.connect
+            (req.scheme, req.host, req.port),
+            address,
+            self.proxy.config.timeouts.connect,
+            req.host if req.scheme == "https" else None,
         )
         self._waiting = d
         d.addCallbacks(self._connected, self.connect_failed)
