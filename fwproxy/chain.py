@@ -22,6 +22,7 @@ from fwproxy.interfaces import (
     IRequestFilter,
     IResponseFilter,
     ITransactionObserver,
+    IUpstreamSelector,
 )
 
 Hook = Callable[..., Any]
@@ -88,3 +89,4 @@ class FilterChain:
         self.destination = _hooks(filters, IDestinationCheck, "checkDestination")
         self.observers = _hooks(filters, ITransactionObserver, "transactionFinished")
         self.lifecycle = tuple(f for f in filters if IFilterLifecycle.providedBy(f))
+        self.upstream = _hooks(filters, IUpstreamSelector, "selectUpstream")

@@ -20,6 +20,8 @@ from typing import Any
 from fwproxy import configcheck as check
 from fwproxy.acl import AccessPolicy, Acl, predefined
 from fwproxy.configcheck import Problems
+from fwproxy.parents import Parent
+from fwproxy.routing import RoutingRule
 from fwproxy.twisted_private import endpoint_port
 
 DEFAULT_NAME = "<default>"
@@ -124,6 +126,10 @@ class Config:
     filters: tuple[FilterSpec, ...] = ()
     auth: AuthConfig | None = None
     tls: TlsConfig = TlsConfig()
+    #: ``[parents.NAME]``, by name
+    parents: Mapping[str, Parent] = field(default_factory=dict)
+    #: ``[routing] rules``
+    routing: tuple[RoutingRule, ...] = ()
     source: str = DEFAULT_NAME
     warnings: tuple[str, ...] = ()
 
@@ -157,6 +163,8 @@ _SECTIONS = (
     "headers",
     "log",
     "filters",
+    "parents",
+    "routing",
 )
 
 
@@ -204,6 +212,10 @@ def parse(data: Mapping[str, Any], source: str = DEFAULT_NAME, text: str = "") -
             )
     tls_fields = list(TlsConfig.__dataclass_fields__)
     kwargs["tls"] = TlsConfig(**check.tls(p, check.table(p, data, "tls"), tls_fields, here))
+    declared = check.table(p, data, "parents")
+    kwargs["parents"] = parents = check.parents(p, declared, here)
+    routing = check.table(p, data, "routing")
+    kwargs["routing"] = check.routing(p, routing, acls, parents, set(declared))
     kwargs["headers"] = dict(check.table(p, data, "headers")) or {"forwarded_for": "delete"}
     kwargs["log"] = {"access": "-", "format": "squid", **check.table(p, data, "log")}
     entries = check.filters(p, data.get("filters", []))

@@ -16,7 +16,7 @@ import ipaddress
 import math
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from fwproxy.acl import (
@@ -32,6 +32,8 @@ from fwproxy.acl import (
 )
 from fwproxy.auth import HtpasswdChecker, HtpasswdError
 from fwproxy.origination import TrustStoreError, load_certificates
+from fwproxy.parents import Parent, ParentError, parse_address, read_credentials
+from fwproxy.routing import RoutingRule, parse_routing_rule
 from fwproxy.tomllines import Path, key_lines
 
 _ACL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
@@ -351,3 +353,104 @@ def filters(p: Problems, entries: object) -> list[tuple[int, str, dict[str, Any]
             options = {}
         found.append((i, entry["name"], dict(options)))
     return found
+
+
+_PARENT_KEYS = (
+    "address",
+    "tls",
+    "credentials_file",
+    "credentials_env",
+    "max_failures",
+    "retry_after",
+)
+
+
+def parents(
+    p: Problems, section: Mapping[str, Any], directory: str | None, env: Any = os.environ
+) -> dict[str, Parent]:
+    """The valid ``[parents.NAME]`` tables. Credentials are read here (a relative
+    ``credentials_file`` is relative to ``directory``); their problems are named, never their
+    contents."""
+    found: dict[str, Parent] = {}
+    for name, spec in section.items():
+        key, at = f"parents.{name}", ("parents", name)
+        if not _ACL_NAME.match(name):
+            p.add(key, "parent names are letters, digits, '_', '-' and '.'", at)
+            continue
+        if not isinstance(spec, Mapping):
+            p.add(key, 'expected a table, e.g. address = "proxy.example:3128"', at)
+            continue
+        problems: list[tuple[str, str]] = []  # (key, problem)
+        unknown(p, key, spec, _PARENT_KEYS)
+        values: dict[str, Any] = {}
+        address = spec.get("address")
+        if address is None:
+            problems.append(("", 'needs address = "host:port"'))
+        elif not isinstance(address, str):
+            problems.append(("address", f'expected "host:port", got {address!r}'))
+        else:
+            try:
+                values["host"], values["port"] = parse_address(address)
+            except ParentError as e:
+                problems.append(("address", str(e).partition(": ")[2]))
+        if "tls" in spec:
+            if isinstance(spec["tls"], bool):
+                values["tls"] = spec["tls"]
+            else:
+                problems.append(("tls", f"expected true or false, got {spec['tls']!r}"))
+        if "max_failures" in spec:
+            values["max_failures"] = integer(p, f"{key}.max_failures", spec["max_failures"], 1)
+        if "retry_after" in spec:
+            values["retry_after"] = number(p, f"{key}.retry_after", spec["retry_after"])
+        sources: dict[str, str] = {}
+        for k in ("credentials_file", "credentials_env"):
+            v = spec.get(k)
+            if v is None:
+                continue
+            if not isinstance(v, str) or not v or any(c in v for c in "\r\n\0"):
+                problems.append((k, "expected a non-empty one-line string"))
+            elif k == "credentials_file" and directory is not None:
+                sources[k] = os.path.join(directory, v)  # an absolute path stays what it is
+            else:
+                sources[k] = v
+        try:
+            values["credentials"] = read_credentials(
+                sources.get("credentials_file"), sources.get("credentials_env"), env
+            )
+        except ParentError as e:
+            k, _, message = str(e).partition(": ")
+            problems.append((k, message))
+        for k, message in problems:
+            p.add(f"{key}.{k}" if k else key, message, at + (k,) if k else at)
+        reported = any(values.get(k, 1) is None for k in ("max_failures", "retry_after"))
+        if not problems and not reported:
+            found[name] = Parent(name, **values)
+    return found
+
+
+def routing(
+    p: Problems,
+    section: Mapping[str, Any],
+    acls: Mapping[str, Acl],
+    defined: Mapping[str, Parent],
+    declared: Collection[str] = (),
+) -> tuple[RoutingRule, ...]:
+    """The ``[routing] rules``; each bad rule is reported at its own line. A rule naming a
+    parent that is ``declared`` (a ``[parents.NAME]`` table) but has a problem of its own is
+    not reported again."""
+    unknown(p, "routing", section, ("rules",))
+    texts = section.get("rules", [])
+    if not isinstance(texts, list) or not all(isinstance(r, str) for r in texts):
+        p.add("routing.rules", 'expected a list of strings like "parent NAME all"')
+        return ()
+    rules = []
+    for i, text in enumerate(texts):
+        try:
+            rules.append(parse_routing_rule(text, acls, defined))
+        except AclError as e:
+            words = text.split()
+            names = words[1].split(",") if len(words) > 1 and words[0] == "parent" else []
+            if any(n in declared and n not in defined for n in names):
+                continue
+            p.add_error(e, "routing.rules", ("routing", "rules", i))
+    return tuple(rules)

@@ -28,6 +28,8 @@ from twisted.python.failure import Failure
 from fwproxy import chain
 from fwproxy.message import Request, Response
 from fwproxy.origination import TLSFailed
+from fwproxy.parents import Parent, ParentRefused
+from fwproxy.routing import DIRECT, Attempts, Route
 from fwproxy.transaction import USAGE, Transaction
 
 log = Logger()
@@ -40,6 +42,12 @@ class RoutedTransaction(Transaction):
     """A transaction that goes upstream: a relayed request or a CONNECT."""
 
     request: Request
+    #: the route the selectors chose (class defaults: nothing is set for a direct request)
+    route: Route = DIRECT
+    #: the parent being connected through (or used), and its addresses
+    parent: Parent | None = None
+    parent_addresses: list[str] = []
+    _attempts: Attempts | None = None
 
     def destination_decided(self, answer: Response | None) -> None:
         """The request (or CONNECT) hooks have run: answer, or go on to the destination."""
@@ -52,7 +60,7 @@ class RoutedTransaction(Transaction):
         if checks and req.checked != req.destination:
             self._recheck(checks)
         else:
-            self.resolve_destination()
+            self.choose_route()
 
     def close_after_answer(self) -> bool:
         """Whether a filter's answer closes the connection (a CONNECT's does)."""
@@ -86,7 +94,103 @@ class RoutedTransaction(Transaction):
         if answer is not None:
             self.answer(answer, close=self.close_after_answer())
         else:
+            self.choose_route()
+
+    # -- the route: direct, or through parent proxies (fwproxy.routing) -------------------
+    def choose_route(self) -> None:
+        """Ask the ``IUpstreamSelector`` filters, then the ``[routing]`` rules (nobody when
+        there are none: the request goes direct at no cost)."""
+        routes = self.proxy.routes
+        selectors = self.proxy.chain.upstream
+        if not selectors and not routes.active:
             self.resolve_destination()
+            return
+        try:
+            result = routes.select(selectors, self.request)
+        except Exception:
+            self.fail(Failure())
+            return
+        if isinstance(result, Deferred):
+            self.arm_connect()
+            self.wait(result, self._routed)
+        else:
+            self._routed(result)
+
+    def _routed(self, route: Route) -> None:
+        if route.direct:
+            self.resolve_destination()
+            return
+        self.route = route
+        self._attempts = Attempts(route, self.proxy.routes.health)
+        self._next_parent()
+
+    def _next_parent(self) -> None:
+        """Resolve the next parent that is up (its own ``timeouts.connect`` budget), then
+        connect through it; answer when none is left."""
+        assert self._attempts is not None
+        parent = self.parent = self._attempts.next()
+        if parent is None:
+            attempts = self._attempts
+            self.error(attempts.status, f"no parent proxy could be used: {attempts.summary()}")
+            return
+        self.deadline.restart(self.proxy.config.timeouts.connect, self._parent_timeout)
+        result = self.proxy.resolver.resolve(parent.host)
+        if isinstance(result, Deferred):
+            self.wait(result, self._parent_resolved)
+        else:
+            self._parent_resolved(result)
+
+    def _parent_resolved(self, addresses: list[str]) -> None:
+        parent = self.parent
+        assert parent is not None
+        if not addresses:
+            self.parent_failed(f"cannot resolve {parent.host}")
+        elif self.proxy.is_self(addresses, parent.port, self.conn.local):
+            self.error(502, f"parent {parent} is this proxy")
+        else:
+            self.parent_addresses = addresses
+            self.connect_upstream()
+
+    def _parent_timeout(self) -> None:
+        self.cancel_wait()
+        self.parent_failed("timed out", timed_out=True)
+
+    def parent_failed(self, reason: str, timed_out: bool = False) -> None:
+        """Connecting through :attr:`parent` failed: count it, try the next one."""
+        parent, attempts = self.parent, self._attempts
+        assert parent is not None and attempts is not None
+        attempts.failed(parent, reason, timed_out)
+        log.warn(
+            "fwproxy: parent {parent} failed ({client} {method} {target}): {reason}",
+            parent=str(parent),
+            client=self.conn.client[0],
+            method=self.request.method,
+            target=self.request.url,
+            reason=reason,
+        )
+        self.upstream_address = ""
+        self._next_parent()
+
+    def parent_connected(self, fresh: bool) -> None:
+        """Connected through :attr:`parent` (``fresh``: a new connection, which says it is
+        up); the log shows the hierarchy code."""
+        parent = self.parent
+        assert parent is not None
+        self.hierarchy = "FIRSTUP_PARENT/" + parent.host
+        if fresh:
+            self.proxy.routes.health.succeeded(parent)
+
+    def hop_addresses(self) -> list[str]:
+        """Where the next hop is: the parent's addresses, or the destination's."""
+        if self.parent is not None:
+            return self.parent_addresses
+        return self.request.addresses or [""]
+
+    def restart_connect(self) -> None:
+        """A fresh ``timeouts.connect`` budget to connect again (a stale pooled connection)."""
+        timeout = self.proxy.config.timeouts.connect
+        expired = self._connect_timeout if self.parent is None else self._parent_timeout
+        self.deadline.restart(timeout, expired)
 
     def resolve_destination(self) -> None:
         """Resolve ``request.host`` unless a filter already did, then :meth:`_resolved`."""
@@ -120,9 +224,9 @@ class RoutedTransaction(Transaction):
 
     def arm_connect(self) -> None:
         """Name resolution and connecting (not needed for a pooled connection) share one
-        ``timeouts.connect`` budget."""
+        ``timeouts.connect`` budget (through parents: one for each parent)."""
         deadline = self.deadline
-        if deadline.expired != self._connect_timeout:
+        if self.parent is None and deadline.expired != self._connect_timeout:
             deadline.restart(self.proxy.config.timeouts.connect, self._connect_timeout)
 
     def _connect_timeout(self) -> None:
@@ -134,6 +238,9 @@ class RoutedTransaction(Transaction):
         self._waiting = None
         if self.done or f.check(CancelledError):
             return  # whoever cancelled has answered
+        if self.parent is not None:
+            self._through_parent_failed(f)
+            return
         authority = self.request.authority
         if f.check(ierror.TimeoutError, ierror.ConnectingCancelledError, ierror.UserError):
             self.error(504, f"timed out connecting to {authority}")
@@ -153,3 +260,23 @@ class RoutedTransaction(Transaction):
             self.error(502, f"TLS to {authority} failed: {reason}")
         else:
             self.error(502, f"cannot connect to {authority}: {f.getErrorMessage()}")
+
+    def _through_parent_failed(self, f: Failure) -> None:
+        parent = self.parent
+        assert parent is not None
+        if f.check(ParentRefused):
+            # it answered: it is up, and it is its answer (another parent would say the same)
+            self.parent_connected(True)
+            refused: Any = f.value
+            status = refused.status if refused.status in (502, 503, 504) else 502
+            self.error(status, f"parent {parent} answered the CONNECT with {refused}")
+        elif f.check(ierror.TimeoutError, ierror.ConnectingCancelledError, ierror.UserError):
+            self.parent_failed("timed out", timed_out=True)
+        elif f.check(ierror.ConnectionRefusedError):
+            self.parent_failed("connection refused")
+        elif f.check(TLSFailed):
+            self.parent_failed(f"TLS failed: {f.getErrorMessage()}")
+        elif f.check(ierror.ConnectionDone, ierror.ConnectionLost):
+            self.parent_failed("closed the connection before answering the CONNECT")
+        else:
+            self.parent_failed(f.getErrorMessage())

@@ -51,6 +51,10 @@ class TransactionRecord:
     started: float = 0.0
     duration: float = 0.0
     upstream: str = ""
+    #: through a parent proxy, Squid's hierarchy code and the parent's host
+    #: (``FIRSTUP_PARENT/proxy.example``); "" otherwise, which the log formats write as
+    #: ``HIER_DIRECT/`` and the upstream address, or ``HIER_NONE/-`` when there was none
+    hierarchy: str = ""
     result: str = NONE_NONE
     user: str = ""
     version: str = "1.1"

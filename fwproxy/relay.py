@@ -30,6 +30,7 @@ from fwproxy.contracts import ClientConnection, ProxyServices
 from fwproxy.destination import RoutedTransaction
 from fwproxy.http1 import BODY, END, ERROR, ProtocolError, RequestHead
 from fwproxy.message import Headers, Request, Response
+from fwproxy.parents import to_parent
 from fwproxy.record import TCP_MISS, TCP_MISS_ABORTED
 from fwproxy.response import ResponseRelay
 from fwproxy.target import parse_absolute
@@ -120,8 +121,12 @@ class RelayTransaction(RoutedTransaction):
     def connect_upstream(self) -> None:
         req = self.request
         pool = self.proxy.pool
-        key = (req.scheme, req.host, req.port)
-        addresses = req.addresses or []
+        parent = self.parent
+        if parent is None:
+            key = (req.scheme, req.host, req.port)
+            addresses = req.addresses or []
+        else:
+            key, addresses = parent.key, self.parent_addresses
         conn = pool.take_idle(key, addresses)
         if conn is not None:
             self._connected(conn)
@@ -148,12 +153,13 @@ class RelayTransaction(RoutedTransaction):
     def _connect(self, address: str) -> None:
         self.arm_connect()
         req = self.request
-        d = self.proxy.pool.connect(
-            (req.scheme, req.host, req.port),
-            address,
-            self.proxy.config.timeouts.connect,
-            req.host if req.scheme == "https" else None,
-        )
+        parent = self.parent
+        if parent is None:
+            key = (req.scheme, req.host, req.port)
+            name = req.host if req.scheme == "https" else None
+        else:
+            key, name = parent.key, parent.tls_name
+        d = self.proxy.pool.connect(key, address, self.proxy.config.timeouts.connect, name)
         self._waiting = d
         d.addCallbacks(self._connected, self.connect_failed)
 
@@ -168,9 +174,13 @@ class RelayTransaction(RoutedTransaction):
         conn.begin(self.response, head.method)
         req = self.request
         fields = req.headers.fields()
+        target = req.path
+        if self.parent is not None:
+            self.parent_connected(not conn.reused)
+            target, fields = to_parent(self.parent, req, fields)
         if head.chunked:
             fields = [*fields, (b"Transfer-Encoding", b"chunked")]
-        writes.write(conn.transport, http1.request_head(head.method, req.path, fields))
+        writes.write(conn.transport, http1.request_head(head.method, target, fields))
         if self.request_done:
             self._request_sent()
             return
@@ -272,8 +282,8 @@ class RelayTransaction(RoutedTransaction):
             self.upstream = None
             self.proxy.pool.discard(conn)
             self.state = CONNECTING
-            self.deadline.restart(self.proxy.config.timeouts.connect, self._connect_timeout)
-            self._connect((self.request.addresses or [""])[0])
+            self.restart_connect()
+            self._connect(self.hop_addresses()[0])
             return
         self.error(error.status, error.message)
 

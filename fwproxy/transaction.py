@@ -39,6 +39,9 @@ class Transaction:
 
     #: log this transaction (health checks are not)
     logged = True
+    #: Squid's hierarchy code and peer when it went through a parent proxy (a class default:
+    #: "" for the direct way, which the log formats write from :attr:`upstream_address`)
+    hierarchy = ""
 
     def __init__(self, conn: ClientConnection, proxy: ProxyServices, head: RequestHead) -> None:
         self.conn = conn
@@ -252,6 +255,7 @@ class Transaction:
             started=self.started,
             duration=max(0.0, self.clock.seconds() - self.started),
             upstream=self.upstream_address,
+            hierarchy=self.hierarchy,
             result=self.result,
             user=req.user if req is not None else "",
             version=head.version,
