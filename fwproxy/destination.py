@@ -7,9 +7,14 @@ After the request (or CONNECT) hooks have run, :class:`RoutedTransaction`:
    (``host``, ``port`` or ``addresses`` differ from :attr:`Request.checked`): a filter can route
    a request elsewhere, but never around the access rules and the SSRF guard, and never silently
    without effect;
-2. resolves the host unless a filter (the ``acl`` filter, for a ``dst`` rule) already did, so
-   the addresses checked are the addresses connected to;
-3. refuses a forwarding loop (a destination that is this proxy);
+2. chooses the route (:mod:`fwproxy.routing`: the ``IUpstreamSelector`` filters, then the
+   ``[routing]`` rules; nothing is asked when there are none): direct, or through parent
+   proxies, each resolved and connected to in turn (its own ``timeouts.connect``) until one
+   works, the failures counted towards marking it down; the destination itself is then
+   neither resolved nor connected to;
+3. directly: resolves the host unless a filter (the ``acl`` filter, for a ``dst`` rule) already
+   did, so the addresses checked are the addresses connected to, and refuses a forwarding loop
+   (a destination that is this proxy);
 4. connects (the subclass's :meth:`connect_upstream`), answering 502 for a refused or failed
    connection (or a TLS handshake that failed: the reason is in the answer, in
    ``notes["fwproxy.tls_error"]`` and in a warning logged) and 504 for one that timed out, with
@@ -29,7 +34,7 @@ from fwproxy import chain
 from fwproxy.message import Request, Response
 from fwproxy.origination import TLSFailed
 from fwproxy.parents import Parent, ParentRefused
-from fwproxy.routing import DIRECT, Attempts, Route
+from fwproxy.routing import Attempts, Route
 from fwproxy.transaction import USAGE, Transaction
 
 log = Logger()
@@ -42,9 +47,9 @@ class RoutedTransaction(Transaction):
     """A transaction that goes upstream: a relayed request or a CONNECT."""
 
     request: Request
-    #: the route the selectors chose (class defaults: nothing is set for a direct request)
-    route: Route = DIRECT
-    #: the parent being connected through (or used), and its addresses
+    #: the parent being connected through (or used), and its addresses (class defaults: a
+    #: direct CONNECT sets nothing; the relay sets ``parent`` per request, which is cheaper
+    #: to read back than a class attribute)
     parent: Parent | None = None
     parent_addresses: list[str] = []
     _attempts: Attempts | None = None
@@ -59,8 +64,10 @@ class RoutedTransaction(Transaction):
         checks = self.proxy.chain.destination
         if checks and req.checked != req.destination:
             self._recheck(checks)
-        else:
+        elif self.proxy.routes.active:
             self.choose_route()
+        else:
+            self.resolve_destination()
 
     def close_after_answer(self) -> bool:
         """Whether a filter's answer closes the connection (a CONNECT's does)."""
@@ -93,20 +100,17 @@ class RoutedTransaction(Transaction):
     def _rechecked(self, answer: Response | None) -> None:
         if answer is not None:
             self.answer(answer, close=self.close_after_answer())
-        else:
+        elif self.proxy.routes.active:
             self.choose_route()
+        else:
+            self.resolve_destination()
 
     # -- the route: direct, or through parent proxies (fwproxy.routing) -------------------
     def choose_route(self) -> None:
-        """Ask the ``IUpstreamSelector`` filters, then the ``[routing]`` rules (nobody when
-        there are none: the request goes direct at no cost)."""
-        routes = self.proxy.routes
-        selectors = self.proxy.chain.upstream
-        if not selectors and not routes.active:
-            self.resolve_destination()
-            return
+        """Ask the ``IUpstreamSelector`` filters, then the ``[routing]`` rules (only called
+        when there are some: without, every request goes direct at no cost)."""
         try:
-            result = routes.select(selectors, self.request)
+            result = self.proxy.routes.select(self.request)
         except Exception:
             self.fail(Failure())
             return
@@ -120,7 +124,6 @@ class RoutedTransaction(Transaction):
         if route.direct:
             self.resolve_destination()
             return
-        self.route = route
         self._attempts = Attempts(route, self.proxy.routes.health)
         self._next_parent()
 

@@ -119,7 +119,7 @@ class ProxyFactory(Factory):
         #: (host, port) of every listening port, for loop detection and ``to_self``
         self.listening: list[tuple[str, int]] = self.context.listening
         #: the ``[routing]`` rules, and the parents' health (kept across reloads)
-        self.routes = Routes(self._routing_rules(config), ParentHealth(reactor))
+        self.routes = Routes(self.chain.upstream, self._rules(config), ParentHealth(reactor))
 
     @property
     def connections(self) -> set[ProxyProtocol]:
@@ -243,7 +243,7 @@ class ProxyFactory(Factory):
         self.pool.idle_timeout = config.pool.idle_timeout
         self.pool.max_per_host = limits.max_upstream_per_host
         self.pool.origination = origination
-        self.routes = Routes(self._routing_rules(config), self.routes.health)
+        self.routes = Routes(new_chain.upstream, self._rules(config), self.routes.health)
         if running:
             self._stop_filters(old)
         return self._stopped()
@@ -252,7 +252,7 @@ class ProxyFactory(Factory):
         for f in self.chain.lifecycle:
             f.reopen()  # type: ignore[attr-defined]
 
-    def _routing_rules(self, config: Config) -> RoutingRules:
+    def _rules(self, config: Config) -> RoutingRules:
         return RoutingRules(config.routing, self.reactor, self.resolver, self.listening)
 
     def _make_context(self, config: Config) -> FilterContext:

@@ -79,6 +79,7 @@ class RelayTransaction(RoutedTransaction):
     def __init__(self, conn: ClientConnection, proxy: ProxyServices, head: RequestHead) -> None:
         super().__init__(conn, proxy, head)
         self.state = FILTERING
+        self.parent = None
         self.upstream: UpstreamProtocol | None = None
         self.response = ResponseRelay(self)
         self._retried = False

@@ -165,25 +165,27 @@ class RoutingRules:
 class Routes:
     """What a transaction asks for its route, and the parents' health.
 
-    :param rules: the built-in ``[routing]`` selector.
+    :param selectors: the ``selectUpstream`` hooks of the ``IUpstreamSelector`` filters.
+    :param rules: the built-in ``[routing]`` selector, asked after them.
     :param health: the parents' failures and mark-downs (kept across reloads).
     """
 
-    def __init__(self, rules: RoutingRules, health: ParentHealth) -> None:
-        self.rules = rules
+    def __init__(
+        self, selectors: tuple[chain.Hook, ...], rules: RoutingRules, health: ParentHealth
+    ) -> None:
+        self.hooks = (*selectors, rules.selectUpstream) if rules.rules else selectors
         self.health = health
-        #: whether the ``[routing]`` rules are to be asked at all
-        self.active = bool(rules.rules)
+        #: whether anybody is to be asked (else every request goes direct, asking nobody)
+        self.active = bool(self.hooks)
 
-    def select(self, selectors: tuple[chain.Hook, ...], request: Request) -> Any:
-        """Ask ``selectors`` (the ``IUpstreamSelector`` filters' hooks), then the ``[routing]``
-        rules: the first :class:`Route`, :data:`DIRECT` when none answers, or a Deferred.
+    def select(self, request: Request) -> Any:
+        """Ask the selectors, then the ``[routing]`` rules: the first :class:`Route`,
+        :data:`DIRECT` when none answers, or a Deferred firing with one of those.
 
         :raise chain.FilterError: a selector raised.
         :raise TypeError: a selector answered something else than a Route (or None).
         """
-        hooks = (*selectors, self.rules.selectUpstream) if self.active else selectors
-        result = chain.run(hooks, request)
+        result = chain.run(self.hooks, request)
         if isinstance(result, Deferred):
             return result.addCallback(_checked)
         return _checked(result)

@@ -39,9 +39,6 @@ class Transaction:
 
     #: log this transaction (health checks are not)
     logged = True
-    #: Squid's hierarchy code and peer when it went through a parent proxy (a class default:
-    #: "" for the direct way, which the log formats write from :attr:`upstream_address`)
-    hierarchy = ""
 
     def __init__(self, conn: ClientConnection, proxy: ProxyServices, head: RequestHead) -> None:
         self.conn = conn
@@ -57,6 +54,9 @@ class Transaction:
         self.bytes_in = head.size
         self.bytes_out = 0
         self.upstream_address = ""
+        #: Squid's hierarchy code and peer when it went through a parent proxy; "" for the
+        #: direct way, which the log formats write from :attr:`upstream_address`
+        self.hierarchy = ""
         self.content_type = ""
         #: the client has sent the whole request (END seen)
         self.request_done = False

@@ -38,7 +38,9 @@ TLSTo = tuple[Origination, str]
 @implementer(IHandshakeListener)
 class ConnectingProtocol(Protocol):
     """A client protocol that fires the Deferred :func:`connect_tcp` returned once connected
-    (over TLS: once the handshake has completed, or fails it with :class:`TLSFailed`)."""
+    (over TLS: once the handshake has completed, or fails it with :class:`TLSFailed`). A
+    subclass that has more to do before it is ready (a CONNECT through a parent) overrides
+    :meth:`_ready` and calls it when done."""
 
     _made: Deferred[Any] | None = None
     #: over TLS, until the handshake completes: the origination and the name verified
@@ -74,26 +76,29 @@ class ConnectingProtocol(Protocol):
 class _ConnectingFactory(ClientFactory):
     noisy = False
 
-    #: over TLS: what to verify, and where the canceller finds the protocol (see connect_tcp)
+    #: over TLS: what to verify
     tls: TLSTo | None = None
-    handshaking: list[ConnectingProtocol] | None = None
 
-    def __init__(self, build: Callable[[], ConnectingProtocol], deferred: Deferred[Any]) -> None:
+    def __init__(
+        self,
+        build: Callable[[], ConnectingProtocol],
+        deferred: Deferred[Any],
+        built: list[ConnectingProtocol],
+    ) -> None:
         self.build: Callable[[], ConnectingProtocol] | None = build
         self.deferred: Deferred[Any] | None = deferred
+        self.built: list[ConnectingProtocol] | None = built
 
     def buildProtocol(self, addr: Any) -> ConnectingProtocol:  # type: ignore[override]
-        assert self.build is not None
+        assert self.build is not None and self.built is not None
         proto = self.build()
         proto._made = self.deferred
         if self.tls is not None:
             proto._tls = self.tls
-            assert self.handshaking is not None
-            self.handshaking.append(proto)
-            self.handshaking = None
+        self.built.append(proto)
         # the transport keeps its connector, and the connector this factory, for the whole
         # connection: let go of what is only needed to connect
-        self.build = self.deferred = None
+        self.build = self.deferred = self.built = None
         return proto
 
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
@@ -111,30 +116,30 @@ def connect_tcp(
     tls: TLSTo | None = None,
 ) -> Deferred[Any]:
     """Connect to ``address`` (an IP literal: no name resolution here) and fire with the
-    protocol ``build()`` made, once connected. Straight ``reactor.connectTCP``: no endpoint
-    wrapper between the transport and the protocol. Cancelling stops the attempt.
+    protocol ``build()`` made, once connected (and ready: see :class:`ConnectingProtocol`).
+    Straight ``reactor.connectTCP``: no endpoint wrapper between the transport and the
+    protocol. Cancelling stops the attempt, or drops a connection not ready yet.
 
     :param tls: ``(origination, name)``: originate TLS verified against ``name``; the Deferred
         fires once the handshake has completed, or fails with :class:`TLSFailed`.
     """
     connector: list[Any] = []
-    # over TLS, the protocol once TCP is up: cancelling during the handshake aborts it
-    handshaking: list[ConnectingProtocol] = []
+    # the protocol, once TCP is up (only the canceller holds this list: no reference cycle)
+    built: list[ConnectingProtocol] = []
 
     def cancel(d: Deferred[Any]) -> None:
-        if handshaking:
-            handshaking.pop().transport.abortConnection()  # type: ignore[union-attr]
+        if built:
+            built.pop().transport.abortConnection()  # type: ignore[union-attr]
         elif connector:
             connector[0].stopConnecting()
 
     d: Deferred[Any] = Deferred(cancel)
-    factory = _ConnectingFactory(build, d)
+    factory = _ConnectingFactory(build, d, built)
     if tls is None:
         connector.append(reactor.connectTCP(address, port, factory, timeout))
     else:
-        factory.tls, factory.handshaking = tls, handshaking
-        wrapped = tls[0].wrap(factory, tls[1])
-        connector.append(reactor.connectTCP(address, port, wrapped, timeout))
+        factory.tls = tls
+        connector.append(reactor.connectTCP(address, port, tls[0].wrap(factory, tls[1]), timeout))
     return d
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from support.certs import CA, MemoryTLSServer
+from twisted.internet import error as ierror
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import formatEvent, globalLogPublisher
@@ -340,6 +341,19 @@ def test_a_parent_closing_before_answering_connect_fails_over(hp: Harness) -> No
     up = hp.accept()
     assert up.take().startswith(b"CONNECT example.com:443 HTTP/1.1\r\n")
     up.send(b"HTTP/1.1 200 OK\r\n\r\n")
+    assert status_of(c.received()) == 200
+
+
+def test_a_parent_that_never_answers_connect_is_dropped_at_the_timeout(hp: Harness) -> None:
+    c = hp.connect()
+    c.send(b"CONNECT example.com:443 HTTP/1.1\r\n\r\n")
+    silent = hp.accept()
+    assert silent.take().startswith(b"CONNECT ")
+    hp.clock.advance(hp.config.timeouts.connect)
+    assert silent.closed  # the half-made tunnel is dropped, not left open
+    silent.lost(ierror.ConnectionAborted)
+    assert hp.attempts[-1][:2] == (BACKUP_IP, 8080)
+    hp.accept().send(b"HTTP/1.1 200 OK\r\n\r\n")
     assert status_of(c.received()) == 200
 
 
