@@ -228,7 +228,7 @@ class ProxyFactory(Factory):
         :raise Exception: building the new filters failed; the old configuration stays.
         """
         context = self._make_context(config)
-        origination = Origination(self.reactor, config.tls.ca_file)  # ca_file is read again
+        origination = Origination(self.reactor, config.tls.ca_file)  # read again when used
         context.listening = self.listening
         new_chain = FilterChain(build_filters(config, context))
         running = self.numPorts > 0

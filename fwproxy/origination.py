@@ -14,11 +14,12 @@ logs it, and never falls back to plain text.
 from __future__ import annotations
 
 import ssl as _stdlib_ssl
+import warnings
 from collections import OrderedDict
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.utils import CryptographyDeprecationWarning
 from OpenSSL import SSL, crypto
 from service_identity import VerificationError
 from twisted.internet import error as ierror
@@ -63,31 +64,60 @@ def load_certificates(path: str) -> list[x509.Certificate]:
         raise TrustStoreError(f"{path}: not a valid PEM certificate: {e}") from None
 
 
-def trust_root(ca_file: str | None) -> Any:
-    """The upstream trust store (an ``IOpenSSLTrustRoot``): the certificates of ``ca_file``, or
-    the system's."""
-    if ca_file is None:
-        return platformTrust()
-    certs = [Certificate.loadPEM(c.public_bytes(Encoding.PEM)) for c in load_certificates(ca_file)]
-    return trustRootFromCertificates(certs)
+def system_certificates() -> list[x509.Certificate] | None:
+    """The CA certificates of the system trust store: the CA file OpenSSL uses by default
+    (``SSL_CERT_FILE`` overrides it; ``/etc/ssl/certs/ca-certificates.crt`` on Debian), or None
+    when there is no such file."""
+    cafile = _stdlib_ssl.get_default_verify_paths().cafile
+    if cafile is None:
+        return None
+    with warnings.catch_warnings():
+        # a system bundle may hold an old root with a non-positive serial number: still trusted
+        warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+        try:
+            return load_certificates(cafile)
+        except TrustStoreError:
+            return None
 
 
 class Origination:
     """Client TLS for upstream connections, verified against one trust store.
 
+    The trust store is read once, when the first TLS connection is made, and its certificates
+    are shared by the TLS context of every host name (an OpenSSL context that loads the system
+    bundle itself costs about 0.9 MiB; sharing the parsed certificates, about 16 KiB).
+
     :param reactor: the clock the TLS transports schedule their write flushes on.
     :param ca_file: a PEM file of the CA certificates to trust upstream, instead of the system
         trust store.
     :param cache_size: creators kept, one per host name, most recently used.
-    :raise TrustStoreError: ``ca_file`` cannot be used.
     """
 
-    def __init__(self, reactor: Any, ca_file: str | None = None, cache_size: int = 1024) -> None:
+    def __init__(self, reactor: Any, ca_file: str | None = None, cache_size: int = 256) -> None:
         self._reactor = reactor
         self.ca_file = ca_file
-        self._trust = trust_root(ca_file)
+        self._certificates: list[x509.Certificate] | None = None
+        self._trust: Any = None
         self._cache: OrderedDict[str, IOpenSSLClientConnectionCreator] = OrderedDict()
         self._cache_size = cache_size
+
+    def trust_root(self) -> Any:
+        """The trust store as an ``IOpenSSLTrustRoot`` (read at the first call).
+
+        :raise TrustStoreError: ``ca_file`` can no longer be used.
+        """
+        if self._trust is None:
+            if self.ca_file is not None:
+                self._certificates = load_certificates(self.ca_file)
+            else:
+                self._certificates = system_certificates()
+            if self._certificates is None:  # no system CA file: OpenSSL's own look-up
+                self._trust = platformTrust()
+            else:
+                self._trust = trustRootFromCertificates(
+                    [Certificate(crypto.X509.from_cryptography(c)) for c in self._certificates]
+                )
+        return self._trust
 
     def creator(self, hostname: str) -> IOpenSSLClientConnectionCreator:
         """The connection creator for ``hostname`` (verified against it; SNI for a DNS name)."""
@@ -96,7 +126,7 @@ class Origination:
         if found is not None:
             cache.move_to_end(hostname)
             return found
-        made = optionsForClientTLS(hostname, self._trust, acceptableProtocols=list(ALPN))
+        made = optionsForClientTLS(hostname, self.trust_root(), acceptableProtocols=list(ALPN))
         cache[hostname] = made
         if len(cache) > self._cache_size:
             cache.popitem(last=False)
@@ -109,7 +139,8 @@ class Origination:
     def explain(self, reason: Failure, transport: Any, hostname: str) -> str:
         """Why the handshake with ``hostname`` over ``transport`` (a TLS transport, whose
         ``getHandle()`` is the OpenSSL connection) ended with ``reason``: one line."""
-        return explain(reason, transport, hostname, self.ca_file)
+        store = self.ca_file if self.ca_file is not None else "the system trust store"
+        return explain(reason, transport, hostname, store, self._certificates)
 
 
 def _names(cert: x509.Certificate) -> list[str]:
@@ -130,11 +161,14 @@ def _peer_chain(transport: Any) -> list[x509.Certificate]:
     return list(chain or [])
 
 
-def _chain_problem(chain: list[x509.Certificate], ca_file: str | None) -> str:
-    """What OpenSSL says is wrong with ``chain`` (leaf first) against the trust store."""
+def _chain_problem(
+    chain: list[x509.Certificate], store_name: str, trusted: list[x509.Certificate] | None
+) -> str:
+    """What OpenSSL says is wrong with ``chain`` (leaf first) against ``trusted`` (None: the
+    system's default locations)."""
     store = crypto.X509Store()
-    if ca_file is not None:
-        for cert in load_certificates(ca_file):
+    if trusted is not None:
+        for cert in trusted:
             store.add_cert(crypto.X509.from_cryptography(cert))
     else:
         paths = _stdlib_ssl.get_default_verify_paths()
@@ -144,14 +178,20 @@ def _chain_problem(chain: list[x509.Certificate], ca_file: str | None) -> str:
         crypto.X509StoreContext(store, leaf, rest).verify_certificate()
     except crypto.X509StoreContextError as e:
         subject = e.certificate.to_cryptography().subject.rfc4514_string()
-        store_name = ca_file if ca_file is not None else "the system trust store"
         return f"{e} ({subject}; trusted: {store_name})"
     return ""
 
 
-def explain(reason: Failure, transport: Any, hostname: str, ca_file: str | None = None) -> str:
-    """One line saying why a TLS handshake with ``hostname`` failed with ``reason`` (see
-    :meth:`Origination.explain`)."""
+def explain(
+    reason: Failure,
+    transport: Any,
+    hostname: str,
+    store_name: str = "the system trust store",
+    trusted: list[x509.Certificate] | None = None,
+) -> str:
+    """One line saying why a TLS handshake with ``hostname`` failed with ``reason``, the peer's
+    chain checked again against ``trusted`` (named ``store_name``) to say what is wrong with
+    it (see :meth:`Origination.explain`)."""
     error = reason.value
     if isinstance(error, VerificationError):
         chain = _peer_chain(transport)
@@ -166,7 +206,7 @@ def explain(reason: Failure, transport: Any, hostname: str, ca_file: str | None 
         if "certificate verify failed" in text:
             chain = _peer_chain(transport)
             try:
-                detail = _chain_problem(chain, ca_file) if chain else ""
+                detail = _chain_problem(chain, store_name, trusted) if chain else ""
             except Exception:  # noqa: BLE001 - the reason OpenSSL gave is still the reason
                 detail = ""
             return f"certificate verify failed: {detail}" if detail else text

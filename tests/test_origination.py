@@ -16,7 +16,13 @@ from twisted.protocols.tls import TLSMemoryBIOProtocol
 
 from fwproxy.config import ConfigError, loads
 from fwproxy.destination import TLS_ERROR
-from fwproxy.origination import Origination, TLSFailed, TrustStoreError, load_certificates
+from fwproxy.origination import (
+    Origination,
+    TLSFailed,
+    TrustStoreError,
+    load_certificates,
+    system_certificates,
+)
 from fwproxy.record import TCP_DENIED, TCP_MISS
 from fwproxy.testing import BASE_CONFIG, OK5, ORIGIN_IP, Harness, get, split_response, status_of
 from fwproxy.upstream import UpstreamProtocol
@@ -290,6 +296,26 @@ def test_creators_are_cached_per_host_name(ca_file: Path) -> None:
     o.creator("c.test")  # b goes
     assert o.creator("a.test") is a
     assert o.creator("b.test") is not b
+
+
+def test_the_trust_store_is_read_once_and_shared_by_every_host(ca_file: Path) -> None:
+    o = Origination(MemoryReactorClock(), str(ca_file))
+    trust = o.trust_root()
+    assert o.trust_root() is trust
+    ca_file.unlink()  # read once: later host names do not read it again
+    o.creator("a.test")
+    o.creator("b.test")
+
+
+def test_the_system_trust_store_is_the_default_ca_file(
+    make: Callable[..., Harness], ca: CA, leaf: Leaf, ca_file: Path, monkeypatch: Any
+) -> None:
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))  # how OpenSSL is told of another one
+    assert [c.subject for c in system_certificates() or []] == [ca.cert.subject]
+    h = make(BASE_CONFIG)  # no [tls] ca_file
+    c, up, server = https_get(h, leaf=leaf)
+    server.send(OK5)
+    assert c.take() == OK5
 
 
 def test_tls_failed_is_an_exception_with_its_reason() -> None:
