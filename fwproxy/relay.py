@@ -122,12 +122,11 @@ class RelayTransaction(RoutedTransaction):
     def connect_upstream(self) -> None:
         req = self.request
         pool = self.proxy.pool
-        parent = self.parent
-        if parent is None:
+        if self.parent is None:
             key = (req.scheme, req.host, req.port)
             addresses = req.addresses or []
         else:
-            key, addresses = parent.key, self.parent_addresses
+            key, addresses = self.parent.key, self.parent_addresses
         conn = pool.take_idle(key, addresses)
         if conn is not None:
             self._connected(conn)

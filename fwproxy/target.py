@@ -27,13 +27,16 @@ def parse_absolute(target: bytes) -> tuple[str, str, int, bytes, bytes]:
     except httptools.HttpParserInvalidURLError:
         raise ProtocolError(400, "malformed request target") from None
     scheme = (url.schema or b"").lower()
-    known = SCHEMES.get(scheme)
-    if known is None:
-        raise ProtocolError(400, "only http:// and https:// URLs can be relayed")
+    if scheme == b"http":  # the usual case first, without a look-up
+        name, default = "http", 80
+    else:
+        known = SCHEMES.get(scheme)
+        if known is None:
+            raise ProtocolError(400, "only http:// and https:// URLs can be relayed")
+        name, default = known
     host = (url.host or b"").lower()
     if not host or b" " in host or b"\t" in host or b"\\" in host:
         raise ProtocolError(400, "the request target has no host")
-    name, default = known
     port = url.port or default
     path = url.path or b"/"
     if not path.startswith(b"/"):
