@@ -19,21 +19,14 @@ import re
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-from fwproxy.acl import (
-    AccessPolicy,
-    Acl,
-    AclError,
-    DstAcl,
-    IPNetwork,
-    Rule,
-    make_acl,
-    parse_rule,
-    predefined,
-)
+from fwproxy.acl import Acl, AclError, DstAcl, IPNetwork, make_acl, predefined
 from fwproxy.auth import HtpasswdChecker, HtpasswdError
-from fwproxy.origination import TrustStoreError, load_certificates
+from fwproxy.origination import TrustStoreError
+from fwproxy.origination import load_certificates as load_trust_store
 from fwproxy.parents import Parent, ParentError, parse_address, read_credentials
 from fwproxy.routing import RoutingRule, parse_routing_rule
+from fwproxy.rules import AccessPolicy, Rule, parse_rule
+from fwproxy.tls import CLIENT_CERT_MODES, TLSError, load_certificates
 from fwproxy.tomllines import Path, key_lines
 
 _ACL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
@@ -314,10 +307,32 @@ def auth(
 def tls(
     p: Problems, section: Mapping[str, Any], fields: Sequence[str], directory: str | None
 ) -> dict[str, Any]:
-    """The valid values of ``[tls]`` (``fields``: its keys). ``ca_file`` is read once to check
-    that it holds certificates; a relative path is relative to ``directory``."""
+    """The valid values of ``[tls]`` (``fields``: its keys). ``client_ca_file`` and
+    ``ca_file`` are read once to check that they hold certificates; a relative path is relative
+    to ``directory``."""
     unknown(p, "tls", section, fields)
     values: dict[str, Any] = {}
+    if "client_ca_file" in section:
+        path = section["client_ca_file"]
+        if not isinstance(path, str) or not path or any(c in path for c in "\r\n\0"):
+            p.add("tls.client_ca_file", "expected the path of a PEM file of CA certificates")
+        else:
+            if directory is not None:
+                path = os.path.join(directory, path)  # an absolute path stays what it is
+            try:
+                load_certificates(path, "client_ca_file")
+                values["client_ca_file"] = path
+            except TLSError as e:
+                p.add("tls.client_ca_file", str(e))
+    if "client_cert" in section:
+        mode = section["client_cert"]
+        if mode not in CLIENT_CERT_MODES:
+            choices = " or ".join(f'"{m}"' for m in CLIENT_CERT_MODES)
+            p.add("tls.client_cert", f"expected {choices}, got {mode!r}")
+        elif "client_ca_file" not in section:
+            p.add("tls.client_cert", "needs tls.client_ca_file (the CA that signs client certs)")
+        else:
+            values["client_cert"] = mode
     if "ca_file" in section:
         path = section["ca_file"]
         if not isinstance(path, str) or not path or any(c in path for c in "\r\n\0"):
@@ -326,10 +341,46 @@ def tls(
             if directory is not None:
                 path = os.path.join(directory, path)  # an absolute path stays what it is
             try:
-                load_certificates(path)
+                load_trust_store(path)
                 values["ca_file"] = path
             except TrustStoreError as e:
                 p.add("tls.ca_file", str(e))
+    return values
+
+
+#: ``[tunnel]`` keys whose value is one of a few words, and the words
+TUNNEL_CHOICES = {"sni_mismatch": ("deny", "log", "allow"), "ech": ("allow", "deny")}
+
+
+def tunnel(p: Problems, section: Mapping[str, Any]) -> dict[str, Any]:
+    """The valid values of ``[tunnel]``: ``peek_ports`` (a list of ports, possibly empty) and
+    the words of :data:`TUNNEL_CHOICES`."""
+    unknown(p, "tunnel", section, ("peek_ports", *TUNNEL_CHOICES))
+    values: dict[str, Any] = {}
+    if "peek_ports" in section:
+        ports = section["peek_ports"]
+        if not isinstance(ports, list):
+            p.add("tunnel.peek_ports", f"expected a list of ports like [443], got {ports!r}")
+        else:
+            good = set()
+            for i, port in enumerate(ports):
+                if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+                    p.add(
+                        "tunnel.peek_ports",
+                        f"{port!r} is not a port (1-65535)",
+                        ("tunnel", "peek_ports", i),
+                    )
+                else:
+                    good.add(port)
+            values["peek_ports"] = frozenset(good)
+    for key, words in TUNNEL_CHOICES.items():
+        if key in section:
+            v = section[key]
+            if v not in words:
+                listed = " or ".join(f'"{w}"' for w in words)
+                p.add(f"tunnel.{key}", f"expected {listed}, got {v!r}")
+            else:
+                values[key] = v
     return values
 
 

@@ -18,7 +18,8 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from zope.interface import implementer
 
-from fwproxy import writes
+from fwproxy import tls, writes
+from fwproxy.acl import ClientCert
 from fwproxy.admission import Admission
 from fwproxy.contracts import PauseReason, ProxyServices, RawHandler, Stream
 from fwproxy.gate import ConnectionGate
@@ -58,6 +59,8 @@ class ClientConnectionBase(Protocol):
         self.upstream_producer = _ReasonProducer(self, "upstream")
         self.client: tuple[str, int] = ("", 0)
         self.local: tuple[str, int] = ("", 0)
+        #: the client certificate a TLS listener verified (known from the first bytes on)
+        self.client_cert: ClientCert | None = None
         self._pauses = 0  # a bit per reason (see _REASONS)
         self._read_closed = False
         self._closing = False
@@ -125,6 +128,8 @@ class ClientConnectionBase(Protocol):
             # a wrapper (PROXY protocol) knows the real addresses only now; a plain TCP
             # connection's are those of connectionMade (spares a getsockname per connection)
             self._address()
+            # a TLS listener's handshake is over by now: its verified client certificate
+            self.client_cert = tls.client_cert(self.transport)
         if self.client[0] != before:
             # a PROXY-protocol header named the real client: count it, not the balancer
             refusal = self.admission.recount(self, self.client[0])

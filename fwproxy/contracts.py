@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Literal, Protocol
 
+from fwproxy.acl import ClientCert
 from fwproxy.chain import FilterChain
 from fwproxy.config import Config
 from fwproxy.http1 import RequestHead
@@ -112,6 +113,8 @@ class ClientConnection(Protocol):
     #: listener, the original client's)
     client: tuple[str, int]
     local: tuple[str, int]
+    #: the client certificate a TLS listener verified on this connection, if any
+    client_cert: ClientCert | None
 
     @property
     def deadline(self) -> Deadline:

@@ -175,7 +175,11 @@ class IDestinationCheck(Interface):
     (or CONNECT) hooks have run, ``request.destination`` differs from ``request.checked`` — a
     later filter changed the host, port or addresses — the proxy calls every check again
     before resolving and connecting; addresses that belonged to the old host are dropped first
-    so that the new host is resolved.
+    so that the new host is resolved. A CONNECT the rules postponed to its TLS ClientHello (an
+    ``ssl_sni`` rule: ``request.notes["fwproxy.sni_postponed"]``) has every check called once
+    more when the ClientHello arrives (:mod:`fwproxy.peek`), with ``request.notes["fwproxy.sni"]``
+    set and ``request.addresses`` the one address connected to: a Response then refuses the
+    tunnel (a TLS alert, no HTTP answer), and a changed destination has no effect.
 
     Example (only ever connect to one network)::
 

@@ -6,6 +6,11 @@
 - ``combined``: the Apache/NCSA combined format;
 - ``json``: one JSON object per line.
 
+A peeked tunnel's TLS server name (``TransactionRecord.sni``) is one more field at the end of
+the squid and combined lines (``sni=NAME``, ``sni=-`` when the ClientHello named none; quoted
+in the combined format), and only on those lines, so that tools reading the standard fields
+by position are undisturbed; ``json`` has ``"sni"`` on every line (``null`` when not peeked).
+
 Every field that a client controls is escaped: control characters, spaces inside the squid
 format's space-separated fields, and quotes inside the combined format's quoted fields are
 written as ``\\xHH`` (or ``\\"``), so a client cannot forge or split log lines.
@@ -65,11 +70,14 @@ def squid(r: TransactionRecord) -> str:
         if r.upstream
         else "HIER_NONE/-"
     )
-    return (
+    line = (
         f"{r.started:.3f} {int(r.duration * 1000):6d} {field(r.client)} "
         f"{r.result}/{r.status:03d} {r.bytes_out} {field(r.method)} {field(r.target)} "
         f"{field(r.user)} {hier} {field(r.content_type.partition(';')[0].strip())}"
     )
+    if r.sni is not None:
+        line += f" sni={field(r.sni)}"
+    return line
 
 
 def _clf_time(t: float) -> str:
@@ -84,10 +92,13 @@ def _clf_time(t: float) -> str:
 
 def combined(r: TransactionRecord) -> str:
     request = quoted(f"{r.method} {r.target} HTTP/{r.version}")
-    return (
+    line = (
         f'{field(r.client)} - {field(r.user)} [{_clf_time(r.started)}] "{request}" '
         f'{r.status} {r.bytes_out} "{quoted(r.referer) or "-"}" "{quoted(r.user_agent) or "-"}"'
     )
+    if r.sni is not None:
+        line += f' "sni={quoted(r.sni) or "-"}"'
+    return line
 
 
 def as_json(r: TransactionRecord) -> str:
@@ -109,6 +120,7 @@ def as_json(r: TransactionRecord) -> str:
             "content_type": r.content_type,
             "referer": r.referer,
             "user_agent": r.user_agent,
+            "sni": r.sni,
         },
         separators=(",", ":"),
     )

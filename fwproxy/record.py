@@ -39,7 +39,9 @@ class TransactionRecord:
     ``duration`` seconds until the transaction ended; ``upstream`` the ``host:port`` the proxy
     connected to, or ""; ``result`` the squid-style result code; ``version`` the client's HTTP
     version; ``content_type`` of the response, ``referer`` and ``user_agent`` of the request
-    (for the combined format); ``notes`` what filters left in ``Request.notes``.
+    (for the combined format); ``notes`` what filters left in ``Request.notes``; ``sni`` the
+    TLS server name of a peeked tunnel's ClientHello ("" when it named none), None for
+    everything else (:mod:`fwproxy.peek`).
     """
 
     client: str
@@ -51,10 +53,6 @@ class TransactionRecord:
     started: float = 0.0
     duration: float = 0.0
     upstream: str = ""
-    #: through a parent proxy, Squid's hierarchy code and the parent's host
-    #: (``FIRSTUP_PARENT/proxy.example``); "" otherwise, which the log formats write as
-    #: ``HIER_DIRECT/`` and the upstream address, or ``HIER_NONE/-`` when there was none
-    hierarchy: str = ""
     result: str = NONE_NONE
     user: str = ""
     version: str = "1.1"
@@ -62,3 +60,8 @@ class TransactionRecord:
     referer: str = ""
     user_agent: str = ""
     notes: dict[str, object] = field(default_factory=dict)
+    sni: str | None = None
+    #: through a parent proxy, Squid's hierarchy code and the parent's host
+    #: (``FIRSTUP_PARENT/proxy.example``); "" otherwise, which the log formats write as
+    #: ``HIER_DIRECT/`` and the upstream address, or ``HIER_NONE/-`` when there was none
+    hierarchy: str = ""

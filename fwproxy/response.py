@@ -85,6 +85,7 @@ class ResponseRelay:
         self._pending: list[http1.Event] | None = None  # events held while a hook decides
         self._chunked = False
         self._producing = False
+        self._whole = False  # the response's head and its whole body arrived in one read
         self._out: list[bytes] = []  # what the events of one upstream read produced
 
     # -- events from the upstream --------------------------------------------------------
@@ -117,6 +118,8 @@ class ResponseRelay:
             if kind == BODY:
                 self._body(payload)  # type: ignore[arg-type]
             elif kind == HEAD:
+                # the whole response came in this read: nothing left to stream with flow control
+                self._whole = events[-1][0] == END
                 self._got_head(payload)  # type: ignore[arg-type]
                 if self._pending is not None:
                     self._pending.extend(events[i + 1 :])
@@ -201,7 +204,7 @@ class ResponseRelay:
             x.content_type = ct.decode("latin-1")
         x.bytes_out += len(data)
         self._out.append(data)
-        if kind != "none" and x.upstream is not None:
+        if kind != "none" and x.upstream is not None and not self._whole:
             up = x.upstream.transport
             client = x.conn.stream
             if kind != "length" or (rh.content_length or 0) > STREAM_BUFFER:

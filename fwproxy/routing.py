@@ -24,7 +24,7 @@ from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
 from fwproxy import chain
-from fwproxy.acl import Acl, AclContext, AclError, NeedAddresses, client_ip
+from fwproxy.acl import CLIENT_CERT_NOTE, Acl, AclContext, AclError, NeedAddresses, client_ip
 from fwproxy.interfaces import IUpstreamSelector
 from fwproxy.message import Request
 from fwproxy.parents import Parent, ParentHealth
@@ -108,6 +108,8 @@ class RoutingRules:
     or None (no rule matched). A rule with a ``dst`` ACL needs the destination's addresses:
     they are looked up when such a rule is reached (and kept in ``request.addresses``, where
     the proxy connects to for a direct route); a name that does not resolve matches no ``dst``.
+    The route of a CONNECT is chosen before its client's ClientHello: ``ssl_sni`` ACLs match
+    nothing here.
 
     :param rules: the parsed rules.
     :param clock: ``seconds()`` for ``time`` ACLs. :param resolver: an ``IResolver``.
@@ -139,6 +141,7 @@ class RoutingRules:
             now=self._clock.seconds(),
             addresses=addresses,
             listening=self._listening,
+            client_cert=request.notes.get(CLIENT_CERT_NOTE),
         )
         try:
             for rule in self.rules:

@@ -11,6 +11,10 @@ Stopping (SIGTERM under twistd) drains: the ports stop accepting, idle connectio
 transactions in flight get up to ``timeouts.drain`` seconds to finish before they are cut. With
 ``signals=True`` (as under twistd), SIGHUP re-reads the configuration through ``reload`` (an
 invalid one is logged and the running one kept) and SIGUSR1 re-opens the log files.
+
+``ssl:`` listeners are fwproxy's own (:mod:`fwproxy.tls`): a reload also re-reads their key
+and certificate files and ``[tls]``, for new connections; files that cannot be used reject the
+reload as an invalid configuration does.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from fwproxy import tls
 from fwproxy.config import Config, ConfigError
 from fwproxy.factory import ProxyFactory
 from fwproxy.reuseport import listen_reuseport
@@ -86,6 +91,8 @@ class ProxyService(Service):
         self._previous: dict[int, Any] = {}
         self._reuseport = reuseport
         self.supervisor = supervisor
+        #: the TLS side of each ``ssl:`` listener, for reloads
+        self.tls: list[tls.ListenerTLS] = []
 
     def startService(self) -> None:
         """Listen on every endpoint (or raise :class:`ListenError`, listening on none), then
@@ -94,11 +101,14 @@ class ProxyService(Service):
         for description in self.config.listen:
             try:
                 self._listening(self._listen(description))
-            except (CannotListenError, OSError) as e:
+            except (CannotListenError, OSError, tls.TLSError) as e:
                 self.running = 0
                 for port in self.ports:
                     port.stopListening()
                 self.ports = []
+                self.tls = []
+                if isinstance(e, tls.TLSError):
+                    raise ListenError(description, str(e)) from None
                 raise ListenError.from_exception(description, e) from e
         if self.supervisor is not None:
             self.supervisor.start()
@@ -124,7 +134,13 @@ class ProxyService(Service):
     def _listen(self, description: str) -> Any:
         if self._reuseport:
             return listen_reuseport(self.reactor, description, self.factory)
-        d = serverFromString(self.reactor, description).listen(self.factory)
+        found = tls.server_endpoint(self.reactor, description, self.config.tls)
+        if found is not None:
+            endpoint, listener = found
+            self.tls.append(listener)
+        else:
+            endpoint = serverFromString(self.reactor, description)
+        d = endpoint.listen(self.factory)
         if not d.called:  # bind errors are synchronous for every stream endpoint Twisted has
             d.addCallbacks(self._listening, self._late_failure, errbackArgs=(description,))
             return None
@@ -160,7 +176,14 @@ class ProxyService(Service):
             return False
         try:
             config = self._reload()
+            contexts = [listener.prepare(config.tls) for listener in self.tls]
             self.factory.reconfigure(config)
+        except tls.TLSError as e:
+            log.error(
+                "fwproxy: new configuration rejected, keeping the running one:\n{problem}",
+                problem=str(e),
+            )
+            return False
         except ConfigError as e:
             log.error(
                 "fwproxy: new configuration rejected, keeping the running one:\n{problems}",
@@ -170,6 +193,13 @@ class ProxyService(Service):
         except Exception:
             log.failure("fwproxy: new configuration rejected, keeping the running one")
             return False
+        for listener, context in zip(self.tls, contexts, strict=True):
+            listener.use(context)
+            log.info(
+                "fwproxy: {listen}: TLS key and certificate re-read ({cert})",
+                listen=listener.listen.description,
+                cert=context.certificate,
+            )
         if tuple(config.listen) != tuple(self.config.listen):
             log.warn("fwproxy: [proxy] listen changed: it takes effect on restart")
         for w in config.warnings:

@@ -17,6 +17,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from fwproxy import chain, http1
+from fwproxy.acl import CLIENT_CERT_NOTE
 from fwproxy.contracts import ClientConnection, ProxyServices
 from fwproxy.http1 import BODY, END, ERROR, ProtocolError, RequestHead
 from fwproxy.message import Request, Response
@@ -167,6 +168,8 @@ class Transaction:
     def run_filters(self, hooks: tuple[Any, ...], then: Any) -> None:
         """Run request (or CONNECT) hooks on :attr:`request`, then ``then(answer)`` —
         synchronously when every hook answers so."""
+        if self.conn.client_cert is not None and self.request is not None:
+            self.request.notes[CLIENT_CERT_NOTE] = self.conn.client_cert  # for client_cert ACLs
         try:
             result = chain.run(hooks, self.request) if hooks else None
         except Exception:
@@ -238,6 +241,7 @@ class Transaction:
     def record(self) -> TransactionRecord:
         head = self.head
         req = self.request
+        cert = self.conn.client_cert
         referer = user_agent = ""
         for k, v in head.headers:
             n = len(k)  # compare lengths first: most fields are neither
@@ -257,7 +261,8 @@ class Transaction:
             upstream=self.upstream_address,
             hierarchy=self.hierarchy,
             result=self.result,
-            user=req.user if req is not None else "",
+            # the authenticated user, else the verified client certificate's name
+            user=(req.user if req is not None else "") or (cert.name if cert else ""),
             version=head.version,
             content_type=self.content_type,
             referer=referer,

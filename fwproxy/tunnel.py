@@ -23,7 +23,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from fwproxy import http1, writes
-from fwproxy.contracts import ClientConnection, ProxyServices, Stream
+from fwproxy.contracts import ClientConnection, ProxyServices, RawHandler, Stream
 from fwproxy.destination import RoutedTransaction
 from fwproxy.http1 import END, ERROR, RequestHead
 from fwproxy.message import Headers, Request, Response
@@ -257,7 +257,12 @@ class ConnectTransaction(RoutedTransaction):
         idle.restart(self.proxy.config.timeouts.tunnel_idle, self._idle)
         self.tunnel = Tunnel(self, conn.stream, upstream, idle)
         self._release_head()
-        conn.switch_to_raw(self.tunnel)
+        conn.switch_to_raw(self.raw_handler(self.tunnel))
+
+    def raw_handler(self, tunnel: Tunnel) -> RawHandler:
+        """What takes the client's bytes once the tunnel is up: the tunnel itself, or a handler
+        a subclass puts in front of it (:class:`fwproxy.peek.HelloPeek`)."""
+        return tunnel
 
     def _idle(self) -> None:
         if self.tunnel is not None:

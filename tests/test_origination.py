@@ -379,4 +379,5 @@ def test_bad_ca_file_is_one_line_naming_it(tmp_path: Path, value: str, problem: 
 def test_unknown_tls_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as e:
         loads("[tls]\ncafile = 'x'\n", "f.toml")
-    assert e.value.problems[0].startswith("f.toml:2: tls.cafile: unknown key (known: ca_file")
+    [line] = e.value.problems
+    assert line.startswith("f.toml:2: tls.cafile: unknown key (known: ") and "ca_file)" in line
