@@ -20,6 +20,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from fwproxy.acl import CLIENT_CERT_NOTE, AclError, ClientCert, make_acl, predefined
 from fwproxy.config import ConfigError, loads
 from fwproxy.interfaces import IUpstreamSelector
 from fwproxy.logformat import FORMATS
@@ -594,8 +595,6 @@ def test_health_is_per_parent() -> None:
 )
 def test_bad_routing_rules(text: str, problem: str) -> None:
     corp = {"corp": Parent("corp", "10.0.0.1", 1)}
-    from fwproxy.acl import AclError, predefined
-
     with pytest.raises(AclError) as e:
         parse_routing_rule(text, predefined(), corp)
     assert str(e.value).startswith("routing.rules: ") and problem in str(e.value)
@@ -686,3 +685,20 @@ def test_reload_keeps_the_parents_health(hp: Harness) -> None:
         hp.factory.routes.health.failed(corp, "x")
     hp.factory.reconfigure(hp.config)
     assert not hp.factory.routes.health.is_up(corp)
+
+
+def test_routing_rules_see_the_client_certificate_not_the_sni() -> None:
+    corp = Parent("corp", "10.1.0.1", 3128)
+    acls = predefined()
+    acls["ci"] = make_acl("ci", "client_cert", [".ci.test"])
+    acls["fronted"] = make_acl("fronted", "ssl_sni", ["evil.test"])
+    texts = ("parent corp fronted", "parent corp ci")
+    rules = RoutingRules(
+        [parse_routing_rule(t, acls, {"corp": corp}) for t in texts],
+        MemoryReactorClock(),
+        FakeResolver(),
+    )
+    connect = Request("CONNECT", "evil.test:443", "evil.test", 443)
+    assert rules.selectUpstream(connect) is None  # no SNI is known when the route is chosen
+    connect.notes[CLIENT_CERT_NOTE] = ClientCert("runner1.ci.test", ("runner1.ci.test",))
+    assert rules.selectUpstream(connect) == Route((corp,))
