@@ -23,6 +23,7 @@ from fwproxy.interfaces import (
     IRequestFilter,
     IResponseFilter,
     ITransactionObserver,
+    IUpstreamSelector,
 )
 
 Hook = Callable[..., Any]
@@ -90,3 +91,4 @@ class FilterChain:
         self.destination = _hooks(filters, IDestinationCheck, "checkDestination")
         self.observers = _hooks(filters, ITransactionObserver, "transactionFinished")
         self.lifecycle = tuple(f for f in filters if IFilterLifecycle.providedBy(f))
+        self.upstream = _hooks(filters, IUpstreamSelector, "selectUpstream")

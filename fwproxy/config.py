@@ -20,6 +20,8 @@ from typing import Any
 from fwproxy import configcheck as check
 from fwproxy.acl import Acl, predefined
 from fwproxy.configcheck import Problems
+from fwproxy.parents import Parent
+from fwproxy.routing import RoutingRule
 from fwproxy.rules import AccessPolicy
 from fwproxy.tls import check_listener, is_ssl
 from fwproxy.twisted_private import endpoint_port
@@ -98,13 +100,17 @@ class AuthConfig:
 
 @dataclass(frozen=True)
 class TlsConfig:
-    """``[tls]``, for ``ssl:`` listeners: ``client_ca_file`` (PEM) signs the client
+    """``[tls]``: for ``ssl:`` listeners, ``client_ca_file`` (PEM) signs the client
     certificates the listeners ask for and verify (none asked for without it); with
     ``client_cert = "optional"`` a client may connect without one, with ``"required"`` its
-    handshake fails. The key and certificate are the ``ssl:`` endpoint's own parameters."""
+    handshake fails. The key and certificate are the ``ssl:`` endpoint's own parameters.
+    For the TLS the proxy originates (``https://`` origins, parents with ``tls = true``),
+    ``ca_file`` (PEM) holds the CA certificates trusted instead of the system trust store: it
+    names the upstream trust store only."""
 
     client_ca_file: str | None = None
     client_cert: str = "optional"
+    ca_file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -144,6 +150,10 @@ class Config:
     filters: tuple[FilterSpec, ...] = ()
     auth: AuthConfig | None = None
     tls: TlsConfig = TlsConfig()
+    #: ``[parents.NAME]``, by name
+    parents: Mapping[str, Parent] = field(default_factory=dict)
+    #: ``[routing] rules``
+    routing: tuple[RoutingRule, ...] = ()
     source: str = DEFAULT_NAME
     warnings: tuple[str, ...] = ()
 
@@ -178,6 +188,8 @@ _SECTIONS = (
     "headers",
     "log",
     "filters",
+    "parents",
+    "routing",
 )
 
 
@@ -234,6 +246,10 @@ def parse(data: Mapping[str, Any], source: str = DEFAULT_NAME, text: str = "") -
             f"acl.{needing[0]}",
             "a client_cert ACL needs [tls] client_ca_file (the CA of the client certificates)",
         )
+    declared = check.table(p, data, "parents")
+    kwargs["parents"] = parents = check.parents(p, declared, here)
+    routing = check.table(p, data, "routing")
+    kwargs["routing"] = check.routing(p, routing, acls, parents, set(declared))
     kwargs["headers"] = dict(check.table(p, data, "headers")) or {"forwarded_for": "delete"}
     kwargs["log"] = {"access": "-", "format": "squid", **check.table(p, data, "log")}
     entries = check.filters(p, data.get("filters", []))

@@ -53,9 +53,20 @@ def quoted(value: str) -> str:
     return _QUOTED.sub(_esc, value)
 
 
+def hierarchy(r: TransactionRecord) -> str:
+    """Squid's hierarchy field: ``HIER_DIRECT/IP``, ``FIRSTUP_PARENT/HOST`` or ``HIER_NONE/-``."""
+    if r.hierarchy:
+        return r.hierarchy
+    return (
+        f"HIER_DIRECT/{r.upstream.rpartition(':')[0].strip('[]')}" if r.upstream else "HIER_NONE/-"
+    )
+
+
 def squid(r: TransactionRecord) -> str:
     hier = (
-        f"HIER_DIRECT/{field(r.upstream.rpartition(':')[0].strip('[]'))}"
+        field(r.hierarchy)
+        if r.hierarchy
+        else f"HIER_DIRECT/{field(r.upstream.rpartition(':')[0].strip('[]'))}"
         if r.upstream
         else "HIER_NONE/-"
     )
@@ -105,6 +116,7 @@ def as_json(r: TransactionRecord) -> str:
             "bytes_in": r.bytes_in,
             "bytes_out": r.bytes_out,
             "upstream": r.upstream,
+            "hierarchy": hierarchy(r),
             "content_type": r.content_type,
             "referer": r.referer,
             "user_agent": r.user_agent,

@@ -64,3 +64,7 @@ class TransactionRecord:
     user_agent: str = ""
     notes: dict[str, object] = field(default_factory=dict)
     sni: str | None = None
+    #: through a parent proxy, Squid's hierarchy code and the parent's host
+    #: (``FIRSTUP_PARENT/proxy.example``); "" otherwise, which the log formats write as
+    #: ``HIER_DIRECT/`` and the upstream address, or ``HIER_NONE/-`` when there was none
+    hierarchy: str = ""

@@ -31,6 +31,7 @@ from fwproxy.contracts import ClientConnection, ProxyServices
 from fwproxy.destination import RoutedTransaction
 from fwproxy.http1 import BODY, END, ERROR, ProtocolError, RequestHead
 from fwproxy.message import Headers, Request, Response
+from fwproxy.parents import to_parent
 from fwproxy.record import TCP_MISS, TCP_MISS_ABORTED
 from fwproxy.response import ResponseRelay
 from fwproxy.target import parse_absolute
@@ -80,6 +81,7 @@ class RelayTransaction(RoutedTransaction):
     def __init__(self, conn: ClientConnection, proxy: ProxyServices, head: RequestHead) -> None:
         super().__init__(conn, proxy, head)
         self.state = FILTERING
+        self.parent = None
         self.upstream: UpstreamProtocol | None = None
         self.response = ResponseRelay(self)
         self._retried = False
@@ -91,7 +93,7 @@ class RelayTransaction(RoutedTransaction):
     def start(self) -> None:
         head = self.head
         try:
-            host, port, path, host_header = parse_absolute(head.target)
+            scheme, host, port, path, host_header = parse_absolute(head.target)
         except http1.ProtocolError as e:
             self.answer(Response.text(e.status, f"fwproxy: {e.message}. {USAGE}"), close=True)
             return
@@ -104,6 +106,7 @@ class RelayTransaction(RoutedTransaction):
             Headers._adopt(_with_host(http1.end_to_end(head.headers), host_header)),
             head.version,
             self.conn.client,
+            scheme,
         )
         request.credentials = http1.proxy_credentials(head.headers)
         limit = self.proxy.config.limits.max_body_size
@@ -121,8 +124,11 @@ class RelayTransaction(RoutedTransaction):
     def connect_upstream(self) -> None:
         req = self.req
         pool = self.proxy.pool
-        key = (req.host, req.port)
-        addresses = req.addresses or []
+        if self.parent is None:
+            key = (req.scheme, req.host, req.port)
+            addresses = req.addresses or []
+        else:
+            key, addresses = self.parent.key, self.parent_addresses
         conn = pool.take_idle(key, addresses)
         if conn is not None:
             self._connected(conn)
@@ -149,9 +155,13 @@ class RelayTransaction(RoutedTransaction):
     def _connect(self, address: str) -> None:
         self.arm_connect()
         req = self.req
-        d = self.proxy.pool.connect(
-            (req.host, req.port), address, self.proxy.config.timeouts.connect
-        )
+        parent = self.parent
+        if parent is None:
+            key = (req.scheme, req.host, req.port)
+            name = req.host if req.scheme == "https" else None
+        else:
+            key, name = parent.key, parent.tls_name
+        d = self.proxy.pool.connect(key, address, self.proxy.config.timeouts.connect, name)
         self._waiting = d
         d.addCallbacks(self._connected, self.connect_failed)
 
@@ -166,9 +176,13 @@ class RelayTransaction(RoutedTransaction):
         conn.begin(self.response, head.method)
         req = self.req
         fields = req.headers.fields()
+        target = req.path
+        if self.parent is not None:
+            self.parent_connected(not conn.reused)
+            target, fields = to_parent(self.parent, req, fields)
         if head.chunked:
             fields = [*fields, (b"Transfer-Encoding", b"chunked")]
-        writes.write(conn.transport, http1.request_head(head.method, req.path, fields))
+        writes.write(conn.transport, http1.request_head(head.method, target, fields))
         if self.request_done:
             self._request_sent()
             return
@@ -270,8 +284,8 @@ class RelayTransaction(RoutedTransaction):
             self.upstream = None
             self.proxy.pool.discard(conn)
             self.state = CONNECTING
-            self.deadline.restart(self.proxy.config.timeouts.connect, self._connect_timeout)
-            self._connect((self.req.addresses or [""])[0])
+            self.restart_connect()
+            self._connect(self.hop_addresses()[0])
             return
         self.error(error.status, error.message)
 

@@ -57,6 +57,9 @@ class Transaction:
         self.bytes_in = head.size
         self.bytes_out = 0
         self.upstream_address = ""
+        #: Squid's hierarchy code and peer when it went through a parent proxy; "" for the
+        #: direct way, which the log formats write from :attr:`upstream_address`
+        self.hierarchy = ""
         self.content_type = ""
         #: the client has sent the whole request (END seen)
         self.request_done = False
@@ -258,6 +261,7 @@ class Transaction:
             started=self.started,
             duration=max(0.0, self.clock.seconds() - self.started),
             upstream=self.upstream_address,
+            hierarchy=self.hierarchy,
             result=self.result,
             # the authenticated user, else the verified client certificate's name
             user=(req.user if req is not None else "") or (cert.name if cert else ""),
