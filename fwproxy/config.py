@@ -127,6 +127,8 @@ class Config:
     filters: tuple[FilterSpec, ...] = ()
     auth: AuthConfig | None = None
     tls: TlsConfig = TlsConfig()
+    #: ``[proxy] watch_config``: reload when the file changes (a ConfigMap's symlink swap)
+    watch_config: bool = False
     source: str = DEFAULT_NAME
     warnings: tuple[str, ...] = ()
 
@@ -191,6 +193,9 @@ def parse(data: Mapping[str, Any], source: str = DEFAULT_NAME, text: str = "") -
     listen = _listen(p, check.table(p, data, "proxy"))
     if listen:
         kwargs["listen"] = listen
+    watch = check.boolean(p, "proxy.watch_config", check.table(p, data, "proxy"))
+    if watch is not None:
+        kwargs["watch_config"] = watch
     for key, cls in (("timeouts", Timeouts), ("limits", Limits), ("pool", PoolConfig)):
         kwargs[key] = cls(**check.numbers(p, key, check.table(p, data, key), cls))
     acls = check.acls(p, check.table(p, data, "acl"))
@@ -228,7 +233,7 @@ def parse(data: Mapping[str, Any], source: str = DEFAULT_NAME, text: str = "") -
 
 def _listen(p: Problems, proxy: Mapping[str, Any]) -> tuple[str, ...]:
     """``[proxy] listen``: every endpoint string that is not valid is reported."""
-    check.unknown(p, "proxy", proxy, ("listen",))
+    check.unknown(p, "proxy", proxy, ("listen", "watch_config"))
     if "listen" not in proxy:
         return ()
     listen = proxy["listen"]
