@@ -168,7 +168,7 @@ _SECTIONS = (
 def validate_endpoint(description: str) -> str | None:
     """What is wrong with the server endpoint string ``description`` (e.g. ``tcp:3128``), or
     None; nothing is listened on."""
-    from twisted.internet.endpoints import serverFromString
+    from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromString
     from twisted.internet.testing import MemoryReactor
 
     if is_ssl(description):  # fwproxy's own TLS listener: its files are read, as to listen
@@ -176,7 +176,11 @@ def validate_endpoint(description: str) -> str | None:
     try:
         endpoint = serverFromString(MemoryReactor(), description)
     except Exception as e:  # noqa: BLE001 - Twisted raises several types for bad strings
+        if description.startswith("systemd:") and isinstance(e, (IndexError, KeyError)):
+            return "no such socket was passed by systemd (socket activation: LISTEN_FDS)"
         return str(e) or type(e).__name__
+    if isinstance(endpoint, AdoptedStreamServerEndpoint):
+        return None  # systemd's socket: listening on it, even on a MemoryReactor, closes it
     # TCP and TLS endpoints, also behind haproxy:; Twisted checks the port only at listen()
     port = endpoint_port(endpoint)
     if isinstance(port, int) and not 0 <= port <= 65535:
