@@ -226,8 +226,11 @@ def test_healthcheck_when_nothing_listens(capsys: pytest.CaptureFixture[str]) ->
 
 # -- ECS Fargate -------------------------------------------------------------------------------
 
-botocore_session = pytest.importorskip("botocore.session")
-from botocore.validate import ParamValidator  # noqa: E402 - after its importorskip
+
+def botocore(module: str) -> Any:
+    """A botocore module (a test extra): without it, the test that needs it is skipped."""
+    return pytest.importorskip(f"botocore.{module}")
+
 
 #: each file and the API call it is the input of
 ECS_CALLS = {
@@ -244,7 +247,7 @@ def ecs(name: str) -> dict[str, Any]:
 
 @functools.cache
 def input_shape(service: str, operation: str) -> Any:
-    model = botocore_session.get_session().get_service_model(service)
+    model = botocore("session").get_session().get_service_model(service)
     return model.operation_model(operation).input_shape
 
 
@@ -271,7 +274,7 @@ def enum_errors(value: Any, shape: Any, where: str = "") -> list[str]:
 
 def api_errors(name: str, params: dict[str, Any]) -> str:
     shape = input_shape(*ECS_CALLS[name])
-    report = ParamValidator().validate(params, shape).generate_report()
+    report = botocore("validate").ParamValidator().validate(params, shape).generate_report()
     return "\n".join(filter(None, [report, *enum_errors(params, shape)]))
 
 
@@ -347,15 +350,17 @@ def test_ecs_service_and_target_group_agree() -> None:
 
 # -- Kubernetes --------------------------------------------------------------------------------
 
-yaml = pytest.importorskip("yaml")
-kubernetes_validate = pytest.importorskip("kubernetes_validate")
+
+def kubernetes_validate() -> Any:
+    """kubernetes-validate (a test extra): without it, the test that needs it is skipped."""
+    return pytest.importorskip("kubernetes_validate")
 
 
 def manifests() -> dict[str, dict[str, Any]]:
     """Every object in deploy/kubernetes, by kind."""
     found: dict[str, dict[str, Any]] = {}
     for path in sorted(K8S.glob("*.yaml")):
-        for doc in yaml.safe_load_all(path.read_text()):
+        for doc in pytest.importorskip("yaml").safe_load_all(path.read_text()):
             assert doc["kind"] not in found, f"two {doc['kind']} objects"
             found[doc["kind"]] = doc
     return found
@@ -378,7 +383,7 @@ def test_kubernetes_has_every_object() -> None:
 @pytest.mark.parametrize("version", [K8S_VERSION, K8S_NEWEST])
 @pytest.mark.parametrize("kind", KINDS)
 def test_kubernetes_manifests_validate(kind: str, version: str) -> None:
-    kubernetes_validate.validate(manifests()[kind], version, strict=True)
+    kubernetes_validate().validate(manifests()[kind], version, strict=True)
 
 
 def test_kubernetes_validation_can_fail() -> None:
@@ -386,8 +391,8 @@ def test_kubernetes_validation_can_fail() -> None:
     deployment["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"][
         "pathh"
     ] = "/readyz"
-    with pytest.raises(kubernetes_validate.ValidationError):
-        kubernetes_validate.validate(deployment, K8S_VERSION, strict=True)
+    with pytest.raises(kubernetes_validate().ValidationError):
+        kubernetes_validate().validate(deployment, K8S_VERSION, strict=True)
 
 
 def configmap_config() -> str:
