@@ -154,6 +154,8 @@ class Config:
     parents: Mapping[str, Parent] = field(default_factory=dict)
     #: ``[routing] rules``
     routing: tuple[RoutingRule, ...] = ()
+    #: ``[proxy] watch_config``: reload when the file changes (a ConfigMap's symlink swap)
+    watch_config: bool = False
     source: str = DEFAULT_NAME
     warnings: tuple[str, ...] = ()
 
@@ -196,7 +198,7 @@ _SECTIONS = (
 def validate_endpoint(description: str) -> str | None:
     """What is wrong with the server endpoint string ``description`` (e.g. ``tcp:3128``), or
     None; nothing is listened on."""
-    from twisted.internet.endpoints import serverFromString
+    from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromString
     from twisted.internet.testing import MemoryReactor
 
     if is_ssl(description):  # fwproxy's own TLS listener: its files are read, as to listen
@@ -204,7 +206,11 @@ def validate_endpoint(description: str) -> str | None:
     try:
         endpoint = serverFromString(MemoryReactor(), description)
     except Exception as e:  # noqa: BLE001 - Twisted raises several types for bad strings
+        if description.startswith("systemd:") and isinstance(e, (IndexError, KeyError)):
+            return "no such socket was passed by systemd (socket activation: LISTEN_FDS)"
         return str(e) or type(e).__name__
+    if isinstance(endpoint, AdoptedStreamServerEndpoint):
+        return None  # systemd's socket: listening on it, even on a MemoryReactor, closes it
     # TCP and TLS endpoints, also behind haproxy:; Twisted checks the port only at listen()
     port = endpoint_port(endpoint)
     if isinstance(port, int) and not 0 <= port <= 65535:
@@ -221,6 +227,9 @@ def parse(data: Mapping[str, Any], source: str = DEFAULT_NAME, text: str = "") -
     listen = _listen(p, check.table(p, data, "proxy"))
     if listen:
         kwargs["listen"] = listen
+    watch = check.boolean(p, "proxy.watch_config", check.table(p, data, "proxy"))
+    if watch is not None:
+        kwargs["watch_config"] = watch
     for key, cls in (("timeouts", Timeouts), ("limits", Limits), ("pool", PoolConfig)):
         kwargs[key] = cls(**check.numbers(p, key, check.table(p, data, key), cls))
     kwargs["tunnel"] = TunnelConfig(**check.tunnel(p, check.table(p, data, "tunnel")))
@@ -263,7 +272,7 @@ def parse(data: Mapping[str, Any], source: str = DEFAULT_NAME, text: str = "") -
 
 def _listen(p: Problems, proxy: Mapping[str, Any]) -> tuple[str, ...]:
     """``[proxy] listen``: every endpoint string that is not valid is reported."""
-    check.unknown(p, "proxy", proxy, ("listen",))
+    check.unknown(p, "proxy", proxy, ("listen", "watch_config"))
     if "listen" not in proxy:
         return ()
     listen = proxy["listen"]

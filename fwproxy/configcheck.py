@@ -110,6 +110,16 @@ def integer(p: Problems, key: str, value: object, minimum: int = 1) -> int | Non
     return value
 
 
+def boolean(p: Problems, key: str, section: Mapping[str, Any]) -> bool | None:
+    """The value of ``key`` (``"section.name"``) in ``section`` if it is true or false; None
+    when it is absent or reported."""
+    value = section.get(key.rpartition(".")[2])
+    if value is None or isinstance(value, bool):
+        return value
+    p.add(key, f"expected true or false, got {value!r}")
+    return None
+
+
 def unknown(p: Problems, prefix: str, table: Mapping[str, Any], known: Sequence[str]) -> None:
     for k in table:
         if k not in known:

@@ -10,7 +10,9 @@ on standard error and exit status 1 for the command line.
 Stopping (SIGTERM under twistd) drains: the ports stop accepting, idle connections close, and
 transactions in flight get up to ``timeouts.drain`` seconds to finish before they are cut. With
 ``signals=True`` (as under twistd), SIGHUP re-reads the configuration through ``reload`` (an
-invalid one is logged and the running one kept) and SIGUSR1 re-opens the log files.
+invalid one is logged and the running one kept) and SIGUSR1 re-opens the log files. With
+``[proxy] watch_config = true``, a change of the configuration file (a ConfigMap update) is a
+SIGHUP too (:mod:`fwproxy.watch`).
 
 ``ssl:`` listeners are fwproxy's own (:mod:`fwproxy.tls`): a reload also re-reads their key
 and certificate files and ``[tls]``, for new connections; files that cannot be used reject the
@@ -33,11 +35,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from fwproxy import tls
-from fwproxy.config import Config, ConfigError
+from fwproxy.config import DEFAULT_NAME, Config, ConfigError
 from fwproxy.factory import ProxyFactory
 from fwproxy.reuseport import listen_reuseport
 from fwproxy.supervisor import Supervisor
 from fwproxy.twisted_private import forget_exit_signal
+from fwproxy.watch import ConfigWatcher
 
 log = Logger()
 
@@ -93,6 +96,8 @@ class ProxyService(Service):
         self.supervisor = supervisor
         #: the TLS side of each ``ssl:`` listener, for reloads
         self.tls: list[tls.ListenerTLS] = []
+        #: polls the configuration file when ``[proxy] watch_config`` is on
+        self.watcher: ConfigWatcher | None = None
 
     def startService(self) -> None:
         """Listen on every endpoint (or raise :class:`ListenError`, listening on none), then
@@ -130,6 +135,7 @@ class ProxyService(Service):
             # p99 latency under load).
             gc.collect()
             gc.freeze()
+        self._watch(self.config)
 
     def _listen(self, description: str) -> Any:
         if self._reuseport:
@@ -200,12 +206,25 @@ class ProxyService(Service):
                 listen=listener.listen.description,
                 cert=context.certificate,
             )
+        self._watch(config)
         if tuple(config.listen) != tuple(self.config.listen):
             log.warn("fwproxy: [proxy] listen changed: it takes effect on restart")
         for w in config.warnings:
             log.warn("warning: {w}", w=w)
         log.info("fwproxy: configuration reloaded from {source}", source=config.source)
         return True
+
+    def _watch(self, config: Config) -> None:
+        """Watch the configuration file as ``config`` says: only in the process SIGHUP goes
+        to (a ``--workers`` worker's reloads come from its twistd process)."""
+        worker = self._reuseport and self.supervisor is None
+        wanted = config.watch_config and config.source != DEFAULT_NAME and not worker
+        if wanted and self._reload is not None and self.watcher is None:
+            self.watcher = ConfigWatcher(config.source, self.reactor, self.reload)
+            self.watcher.start()
+        elif not wanted and self.watcher is not None:
+            self.watcher.stop()
+            self.watcher = None
 
     def reopen(self) -> None:
         """Re-open log files (after logrotate moved them), in the workers too."""
@@ -223,6 +242,9 @@ class ProxyService(Service):
         for signum, previous in self._previous.items():
             signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
         self._previous.clear()
+        if self.watcher is not None:
+            self.watcher.stop()
+            self.watcher = None
         return ensureDeferred(self._stop())
 
     async def _stop(self) -> None:
