@@ -63,7 +63,11 @@ class Limits:
     connections at once (503 beyond; 0: derived from the file-descriptor limit);
     ``max_connections_per_client``: from one client address (0: no limit);
     ``max_upstream_per_host``: connections to one origin ``host:port``, busy or idle (further
-    requests wait for one; 0: no limit)."""
+    requests wait for one; 0: no limit); ``client_request_rate``: requests (and CONNECTs) per
+    second from one client address, or one user when authenticated, a token bucket holding
+    ``client_request_burst`` of them (0: one second's worth) — beyond, ``429`` with
+    ``Retry-After`` (0: no limit); ``max_tunnels_per_client``: CONNECT tunnels open at once
+    from one client address or user (``429``; 0: no limit)."""
 
     max_header_size: int = 65536
     max_headers: int = 200
@@ -72,6 +76,9 @@ class Limits:
     max_connections: int = 0
     max_connections_per_client: int = 0
     max_upstream_per_host: int = 0
+    client_request_rate: float = 0.0
+    client_request_burst: int = 0
+    max_tunnels_per_client: int = 0
 
 
 @dataclass(frozen=True)
@@ -121,6 +128,20 @@ class TunnelConfig:
 
 
 @dataclass(frozen=True)
+class AdminConfig:
+    """``[admin]``: the admin listener (:mod:`fwproxy.admin`: ``/healthz``, ``/readyz``,
+    ``/metrics``) on ``listen`` (endpoint strings; empty: none), and ``metrics_dir``, the
+    writable directory where ``--workers`` processes keep their metrics for one scrape to see
+    them all (default: a new temporary directory). ``listen_required``: ``listen`` was written
+    in the file, so a port that cannot be bound stops start-up; the built-in default is
+    best effort (a warning)."""
+
+    listen: tuple[str, ...] = ("tcp:9128:interface=127.0.0.1",)
+    metrics_dir: str | None = None
+    listen_required: bool = False
+
+
+@dataclass(frozen=True)
 class FilterSpec:
     """One ``[[filters]]`` entry: a filter's name and its options table."""
 
@@ -144,6 +165,7 @@ class Config:
     filters: tuple[FilterSpec, ...] = ()
     auth: AuthConfig | None = None
     tls: TlsConfig = TlsConfig()
+    admin: AdminConfig = AdminConfig()
     source: str = DEFAULT_NAME
     warnings: tuple[str, ...] = ()
 
@@ -153,9 +175,13 @@ class Config:
 
     @property
     def builtin_filters(self) -> tuple[FilterSpec, ...]:
-        """The built-in filters every proxy runs, before the ``[[filters]]``."""
+        """The built-in filters every proxy runs, before the ``[[filters]]`` (``ratelimit``
+        when a ``[limits]`` client limit is set: after ``acl``, which finds the user)."""
+        limits = self.limits
+        rate = limits.client_request_rate or limits.max_tunnels_per_client
         return (
             FilterSpec("acl", {}),
+            *((FilterSpec("ratelimit", {}),) if rate else ()),
             FilterSpec("headers", dict(self.headers)),
             FilterSpec("accesslog", dict(self.log)),
         )
@@ -178,6 +204,7 @@ _SECTIONS = (
     "headers",
     "log",
     "filters",
+    "admin",
 )
 
 
@@ -238,6 +265,9 @@ def parse(data: Mapping[str, Any], source: str = DEFAULT_NAME, text: str = "") -
     kwargs["log"] = {"access": "-", "format": "squid", **check.table(p, data, "log")}
     entries = check.filters(p, data.get("filters", []))
     kwargs["filters"] = tuple(FilterSpec(name, options) for _, name, options in entries)
+    if "admin" in data:
+        admin = check.admin(p, check.table(p, data, "admin"), validate_endpoint)
+        kwargs["admin"] = AdminConfig(**admin)
     config = Config(**kwargs)
     _check_filters(p, config, [i for i, _, _ in entries])
     if p:

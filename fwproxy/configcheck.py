@@ -16,7 +16,7 @@ import ipaddress
 import math
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from fwproxy.acl import Acl, AclError, DstAcl, IPNetwork, make_acl, predefined
@@ -83,13 +83,18 @@ class Problems:
         return out
 
 
-def number(p: Problems, key: str, value: object, minimum: float = 0) -> float | None:
+def number(
+    p: Problems, key: str, value: object, minimum: float = 0, zero: bool = False
+) -> float | None:
+    """``value`` if it is a finite number greater than ``minimum`` (or 0, with ``zero``)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         p.add(key, f"expected a number, got {value!r}")
         return None
     if not math.isfinite(value):  # TOML has nan and inf; timers need neither
         p.add(key, f"expected a finite number, got {value!r}")
         return None
+    if zero and value == 0:
+        return 0.0
     if value <= minimum:
         p.add(key, f"must be greater than {minimum:g}, got {value!r}")
         return None
@@ -123,7 +128,8 @@ def table(p: Problems, data: Mapping[str, Any], key: str) -> Mapping[str, Any]:
 def numbers(p: Problems, key: str, section: Mapping[str, Any], defaults: type) -> dict[str, Any]:
     """The valid values of a section of numbers, given its dataclass of defaults: fields with
     a whole-number default are counts and sizes (0: no limit, except for the three limits of a
-    request head), the others seconds (greater than 0)."""
+    request head), those with a default of 0.0 rates (0: no limit), the others seconds (greater
+    than 0)."""
     fields = dataclasses.fields(defaults)
     unknown(p, key, section, [f.name for f in fields])
     values: dict[str, Any] = {}
@@ -135,9 +141,11 @@ def numbers(p: Problems, key: str, section: Mapping[str, Any], defaults: type) -
             low = 1 if name in ("max_header_size", "max_headers", "max_target") else 0
             n: float | None = integer(p, f"{key}.{name}", section[name], low)
         else:
-            n = number(p, f"{key}.{name}", section[name])
+            n = number(p, f"{key}.{name}", section[name], zero=f.default == 0)
         if n is not None:
             values[name] = n
+    if values.get("client_request_burst") and not values.get("client_request_rate"):
+        p.add(f"{key}.client_request_burst", f"has no effect without {key}.client_request_rate")
     return values
 
 
@@ -185,9 +193,16 @@ def acls(p: Problems, section: Mapping[str, Any]) -> dict[str, Acl]:
     return found
 
 
+#: ``[access] mode``: the rules deny, or ("report") only report what they would deny
+ACCESS_MODES = ("enforce", "report")
+
+
 def access(p: Problems, section: Mapping[str, Any], defined: dict[str, Acl]) -> AccessPolicy:
-    """The ``[access]`` rules; each bad rule is reported at its own line."""
-    unknown(p, "access", section, ("rules",))
+    """The ``[access]`` rules and ``mode``; each bad rule is reported at its own line."""
+    unknown(p, "access", section, ("rules", "mode"))
+    mode = section.get("mode", "enforce")
+    if mode not in ACCESS_MODES:
+        p.add("access.mode", f'expected "enforce" or "report", got {mode!r}')
     texts = section.get("rules", ["deny all"])
     if not isinstance(texts, list) or not all(isinstance(r, str) for r in texts):
         p.add("access.rules", 'expected a list of strings like "allow localhost"')
@@ -198,7 +213,7 @@ def access(p: Problems, section: Mapping[str, Any], defined: dict[str, Acl]) -> 
             rules.append(parse_rule(text, defined, "access.rules"))
         except AclError as e:
             p.add_error(e, "access.rules", ("access", "rules", i))
-    return AccessPolicy(rules)
+    return AccessPolicy(rules, report_only=mode == "report")
 
 
 def warnings(source: str, policy: AccessPolicy) -> list[str]:
@@ -208,6 +223,12 @@ def warnings(source: str, policy: AccessPolicy) -> list[str]:
         "(no src or proxy_auth ACL in it): this makes an open proxy"
         for r in policy.open_rules()
     ]
+    if policy.report_only:
+        found.append(
+            f'{source}: access.mode: "report": requests the rules deny are relayed (logged with '
+            "would_deny); only rules with to_linklocal, to_localhost, to_self, to_private or "
+            "to_nonpublic, and authentication, still deny"
+        )
     rule = linklocal_rule(policy)
     if rule is not None:
         found.append(
@@ -387,3 +408,41 @@ def filters(p: Problems, entries: object) -> list[tuple[int, str, dict[str, Any]
             options = {}
         found.append((i, entry["name"], dict(options)))
     return found
+
+
+def admin(
+    p: Problems, section: Mapping[str, Any], validate: Callable[[str], str | None]
+) -> dict[str, Any]:
+    """The valid values of ``[admin]``: ``listen``, a list of endpoint strings each checked with
+    ``validate`` (possibly empty: no admin listener), and ``metrics_dir``, an existing
+    directory."""
+    unknown(p, "admin", section, ("listen", "metrics_dir"))
+    values: dict[str, Any] = {}
+    if "listen" in section:
+        listen = section["listen"]
+        if isinstance(listen, str):
+            listen = [listen]
+        if not isinstance(listen, list) or not all(isinstance(s, str) for s in listen):
+            p.add("admin.listen", 'expected a list of endpoint strings like "tcp:9128" ([]: off)')
+        else:
+            for i, s in enumerate(listen):
+                err = validate(s)
+                if err:
+                    p.add(
+                        "admin.listen",
+                        f"{s!r} is not a valid endpoint: {err}",
+                        ("admin", "listen", i),
+                    )
+            values["listen"] = tuple(listen)
+            values["listen_required"] = True
+    if "metrics_dir" in section:
+        d = section["metrics_dir"]
+        if not isinstance(d, str) or not d or any(c in d for c in "\r\n\0"):
+            p.add("admin.metrics_dir", "expected the path of a writable directory")
+        elif not os.path.isdir(d):
+            p.add("admin.metrics_dir", f"directory {d!r} does not exist")
+        elif not os.access(d, os.W_OK | os.X_OK):
+            p.add("admin.metrics_dir", f"directory {d!r} is not writable")
+        else:
+            values["metrics_dir"] = d
+    return values

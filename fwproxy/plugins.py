@@ -13,10 +13,11 @@ from zope.interface import implementer
 from fwproxy.filters.accesslog import AccessLogFactory
 from fwproxy.filters.acl import AclFilterFactory
 from fwproxy.filters.headers import HeadersFilterFactory
+from fwproxy.filters.ratelimit import RateLimitFactory
 from fwproxy.interfaces import IFilterContext, IFilterFactory
 
 BUILTINS: dict[str, Any] = {
-    f.name: f for f in (AclFilterFactory, HeadersFilterFactory, AccessLogFactory)
+    f.name: f for f in (AclFilterFactory, HeadersFilterFactory, AccessLogFactory, RateLimitFactory)
 }
 
 
