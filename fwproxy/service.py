@@ -109,11 +109,13 @@ class ProxyService(Service):
         #: ``/healthz``, ``/readyz``, ``/metrics`` (fwproxy.admin)
         self.admin = AdminServer(reactor, self.factory.metrics, self.readiness)
         self._metrics_dir = metrics_dir
+        self._stopping = False
 
     def startService(self) -> None:
         """Listen on every endpoint (or raise :class:`ListenError`, listening on none), then
         start the workers and install the signal handlers."""
         super().startService()
+        self._stopping = False
         self._start_admin()
         for description in self.config.listen:
             try:
@@ -151,9 +153,9 @@ class ProxyService(Service):
 
     def readiness(self) -> str | None:
         """None when the proxy takes requests (``/readyz``: 200), else why not."""
-        if not self.running or self.factory.draining:
+        if self._stopping or self.factory.draining:
             return "draining"
-        if not self.ports:
+        if not self.running or not self.ports:
             return "not listening"
         return None
 
@@ -269,6 +271,7 @@ class ProxyService(Service):
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()
+        self._stopping = True
         if self._signals:
             # Twisted's own handler ran (it replaces ours when the reactor starts): it would
             # re-raise the signal at exit. A drained stop is a clean exit: status 0.
