@@ -74,26 +74,74 @@ class Histogram:
 
 #: the counters: attribute of :class:`ProxyMetrics`, metric name, label, help
 COUNTERS: tuple[tuple[str, str, str, str], ...] = (
-    ("denials", "fwproxy_denials", "rule", "Requests denied (403), by the access rule that denied them."),
-    ("would_deny", "fwproxy_would_deny", "rule", 'Requests relayed in report-only mode ([access] mode = "report") that the rules would have denied, by rule.'),
-    ("rate_limited", "fwproxy_rate_limited", "limit", "Requests answered 429 by a [limits] client limit, by limit."),
-    ("auth_failures", "fwproxy_auth_failures", "reason", "Proxy authentication failures: invalid (credentials refused), missing (none sent: 407), throttled (too many failures: 429)."),
-    ("reloads", "fwproxy_reloads", "result", "Configuration reloads (SIGHUP), by result (success, failure)."),
-)  # fmt: skip
+    (
+        "denials",
+        "fwproxy_denials",
+        "rule",
+        "Requests denied (403), by the access rule that denied them.",
+    ),
+    (
+        "would_deny",
+        "fwproxy_would_deny",
+        "rule",
+        'Requests relayed in report-only mode ([access] mode = "report") that the rules '
+        "would have denied, by rule.",
+    ),
+    (
+        "rate_limited",
+        "fwproxy_rate_limited",
+        "limit",
+        "Requests answered 429 by a [limits] client limit, by limit.",
+    ),
+    (
+        "auth_failures",
+        "fwproxy_auth_failures",
+        "reason",
+        "Proxy authentication failures: invalid (credentials refused), missing (none sent: "
+        "407), throttled (too many failures: 429).",
+    ),
+    (
+        "reloads",
+        "fwproxy_reloads",
+        "result",
+        "Configuration reloads (SIGHUP), by result (success, failure).",
+    ),
+)
 
 #: the totals without labels: attribute, metric name, help
 TOTALS: tuple[tuple[str, str, str], ...] = (
-    ("bytes_in", "fwproxy_received_bytes", "Bytes received from clients (request heads and bodies, tunnel bytes)."),
-    ("bytes_out", "fwproxy_sent_bytes", "Bytes sent to clients (response heads and bodies, tunnel bytes)."),
+    (
+        "bytes_in",
+        "fwproxy_received_bytes",
+        "Bytes received from clients (request heads and bodies, tunnel bytes).",
+    ),
+    (
+        "bytes_out",
+        "fwproxy_sent_bytes",
+        "Bytes sent to clients (response heads and bodies, tunnel bytes).",
+    ),
     ("dns_failures", "fwproxy_dns_failures", "Host name lookups that found no address."),
-    ("connect_failures", "fwproxy_upstream_connect_failures", "Connections to origins that failed or timed out."),
-)  # fmt: skip
+    (
+        "connect_failures",
+        "fwproxy_upstream_connect_failures",
+        "Connections to origins that failed or timed out.",
+    ),
+)
 
 #: the histograms: attribute, metric name, help
 HISTOGRAMS: tuple[tuple[str, str, str], ...] = (
-    ("dns", "fwproxy_dns_lookup_seconds", "Time taken by host name lookups that were not answered from the cache."),
-    ("connect", "fwproxy_upstream_connect_seconds", "Time taken to open a TCP connection to an origin (relayed requests; a pooled connection reused is not counted)."),
-)  # fmt: skip
+    (
+        "dns",
+        "fwproxy_dns_lookup_seconds",
+        "Time taken by host name lookups that were not answered from the cache.",
+    ),
+    (
+        "connect",
+        "fwproxy_upstream_connect_seconds",
+        "Time taken to open a TCP connection to an origin (relayed requests; a pooled "
+        "connection reused is not counted).",
+    ),
+)
 
 #: the gauges, read at scrape time: index in what ``gauges()`` returns, metric name, help
 GAUGES: tuple[tuple[int, str, str], ...] = (
@@ -101,7 +149,11 @@ GAUGES: tuple[tuple[int, str, str], ...] = (
     (1, "fwproxy_active_tunnels", "CONNECT tunnels open."),
 )
 
-TRANSACTIONS = ("fwproxy_transactions", "Finished transactions, by squid-style result code (TCP_MISS, TCP_TUNNEL, TCP_DENIED, ...) and method.")  # fmt: skip
+TRANSACTIONS = (
+    "fwproxy_transactions",
+    "Finished transactions, by squid-style result code (TCP_MISS, TCP_TUNNEL, TCP_DENIED, ...) "
+    "and method.",
+)
 
 
 @implementer(ITransactionObserver)

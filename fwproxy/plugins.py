@@ -46,9 +46,9 @@ class _CallableFactory:
 def find_factory(name: str) -> Any:
     """The :class:`IFilterFactory` called ``name``.
 
-    Looked up, in order: the built-ins (``acl``, ``headers``, ``accesslog``); factories
-    registered in ``twisted/plugins/`` dropins (by their ``name``); a dotted path to an
-    ``IFilterFactory`` provider or to a callable ``(options, context) -> filter``.
+    Looked up, in order: the built-ins (``acl``, ``headers``, ``accesslog``, ``ratelimit``);
+    factories registered in ``twisted/plugins/`` dropins (by their ``name``); a dotted path to
+    an ``IFilterFactory`` provider or to a callable ``(options, context) -> filter``.
 
     :raise LookupError: with a message saying where it looked.
     """

@@ -272,6 +272,20 @@ def test_with_workers_the_metrics_go_through_a_shared_directory(started, monkeyp
     assert not (tmp_path / f"gauge_livesum_{os.getpid()}.db").exists()
 
 
+def test_without_a_metrics_dir_a_temporary_one_is_made_and_removed(started, monkeypatch):
+    monkeypatch.delenv(METRICS_DIR_ENV, raising=False)
+    supervisor = FakeSupervisor()
+    config = loads(PROXY + '[admin]\nlisten = ["tcp:9128"]\n')
+    service = started(
+        ProxyService(config, MemoryReactorClock(), signals=True, supervisor=supervisor)
+    )  # type: ignore[arg-type]
+    directory = supervisor.started_with
+    assert directory is not None and os.path.basename(directory).startswith("fwproxy-metrics-")
+    assert os.path.exists(os.path.join(directory, f"counter_{os.getpid()}.db"))
+    service.stopService()
+    assert not os.path.exists(directory)
+
+
 def test_a_worker_writes_its_metrics_and_serves_nothing(tmp_path: Path):
     reactor = MemoryReactorClock()  # a worker: SO_REUSEPORT sockets, adopted by the reactor
     config = loads('[proxy]\nlisten = ["tcp:0:interface=127.0.0.1"]\n')

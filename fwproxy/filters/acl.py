@@ -167,8 +167,9 @@ class AclFilter:
             return None
         if unauthenticated:  # enforced in report-only mode too
             request.notes[AUTH_FAILED] = "invalid" if request.credentials else "missing"
+            auth: Any = self._auth
             response = Response.text(407, "fwproxy: proxy authentication required", TCP_DENIED)
-            response.headers.add(b"Proxy-Authenticate", self._auth.challenge())  # type: ignore[union-attr]
+            response.headers.add(b"Proxy-Authenticate", auth.challenge())
             return response
         request.notes[DENIED_BY] = rule
         return denied(request)
