@@ -266,7 +266,7 @@ def parse(data: Mapping[str, Any], source: str = DEFAULT_NAME, text: str = "") -
     entries = check.filters(p, data.get("filters", []))
     kwargs["filters"] = tuple(FilterSpec(name, options) for _, name, options in entries)
     if "admin" in data:
-        admin = check.admin(p, check.table(p, data, "admin"), validate_endpoint)
+        admin = _admin(p, check.table(p, data, "admin"), here)
         kwargs["admin"] = AdminConfig(**admin)
     config = Config(**kwargs)
     _check_filters(p, config, [i for i, _, _ in entries])
@@ -291,6 +291,45 @@ def _listen(p: Problems, proxy: Mapping[str, Any]) -> tuple[str, ...]:
         if err:
             p.add("proxy.listen", f"{s!r} is not a valid endpoint: {err}", ("proxy", "listen", i))
     return tuple(listen)
+
+
+def _admin(p: Problems, section: Mapping[str, Any], directory: str | None) -> dict[str, Any]:
+    """The valid values of ``[admin]``: ``listen``, a list of endpoint strings (possibly empty:
+    no admin listener), and ``metrics_dir``, an existing writable directory (relative to
+    ``directory``, the configuration file's)."""
+    check.unknown(p, "admin", section, ("listen", "metrics_dir"))
+    values: dict[str, Any] = {}
+    if "listen" in section:
+        listen = section["listen"]
+        if isinstance(listen, str):
+            listen = [listen]
+        if not isinstance(listen, list) or not all(isinstance(s, str) for s in listen):
+            p.add("admin.listen", 'expected a list of endpoint strings like "tcp:9128" ([]: off)')
+        else:
+            for i, s in enumerate(listen):
+                err = validate_endpoint(s)
+                if err:
+                    p.add(
+                        "admin.listen",
+                        f"{s!r} is not a valid endpoint: {err}",
+                        ("admin", "listen", i),
+                    )
+            values["listen"] = tuple(listen)
+            values["listen_required"] = True
+    if "metrics_dir" in section:
+        d = section["metrics_dir"]
+        if not isinstance(d, str) or not d or any(c in d for c in "\r\n\0"):
+            p.add("admin.metrics_dir", "expected the path of a writable directory")
+            return values
+        if directory is not None:
+            d = os.path.join(directory, d)  # an absolute path stays what it is
+        if not os.path.isdir(d):
+            p.add("admin.metrics_dir", f"directory {d!r} does not exist")
+        elif not os.access(d, os.W_OK | os.X_OK):
+            p.add("admin.metrics_dir", f"directory {d!r} is not writable")
+        else:
+            values["metrics_dir"] = d
+    return values
 
 
 def _check_filters(p: Problems, config: Config, indices: Sequence[int]) -> None:

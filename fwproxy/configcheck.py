@@ -16,7 +16,7 @@ import ipaddress
 import math
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fwproxy.acl import Acl, AclError, DstAcl, IPNetwork, make_acl, predefined
@@ -408,41 +408,3 @@ def filters(p: Problems, entries: object) -> list[tuple[int, str, dict[str, Any]
             options = {}
         found.append((i, entry["name"], dict(options)))
     return found
-
-
-def admin(
-    p: Problems, section: Mapping[str, Any], validate: Callable[[str], str | None]
-) -> dict[str, Any]:
-    """The valid values of ``[admin]``: ``listen``, a list of endpoint strings each checked with
-    ``validate`` (possibly empty: no admin listener), and ``metrics_dir``, an existing
-    directory."""
-    unknown(p, "admin", section, ("listen", "metrics_dir"))
-    values: dict[str, Any] = {}
-    if "listen" in section:
-        listen = section["listen"]
-        if isinstance(listen, str):
-            listen = [listen]
-        if not isinstance(listen, list) or not all(isinstance(s, str) for s in listen):
-            p.add("admin.listen", 'expected a list of endpoint strings like "tcp:9128" ([]: off)')
-        else:
-            for i, s in enumerate(listen):
-                err = validate(s)
-                if err:
-                    p.add(
-                        "admin.listen",
-                        f"{s!r} is not a valid endpoint: {err}",
-                        ("admin", "listen", i),
-                    )
-            values["listen"] = tuple(listen)
-            values["listen_required"] = True
-    if "metrics_dir" in section:
-        d = section["metrics_dir"]
-        if not isinstance(d, str) or not d or any(c in d for c in "\r\n\0"):
-            p.add("admin.metrics_dir", "expected the path of a writable directory")
-        elif not os.path.isdir(d):
-            p.add("admin.metrics_dir", f"directory {d!r} does not exist")
-        elif not os.access(d, os.W_OK | os.X_OK):
-            p.add("admin.metrics_dir", f"directory {d!r} is not writable")
-        else:
-            values["metrics_dir"] = d
-    return values

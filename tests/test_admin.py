@@ -19,7 +19,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import globalLogPublisher
 
 from fwproxy.admin import AdminPages, admin_site
-from fwproxy.config import AdminConfig, ConfigError, loads
+from fwproxy.config import AdminConfig, ConfigError, load, loads
 from fwproxy.metrics import ProxyMetrics, registry_of
 from fwproxy.metrics_shared import METRICS_DIR_ENV
 from fwproxy.record import TransactionRecord
@@ -337,3 +337,10 @@ def test_admin_problems_are_one_line_each(tmp_path: Path):
     assert e.value.problems == [
         'f.toml:2: admin.listen: expected a list of endpoint strings like "tcp:9128" ([]: off)'
     ]
+
+
+def test_a_relative_metrics_dir_is_the_configuration_files_neighbour(tmp_path: Path):
+    (tmp_path / "metrics").mkdir()
+    conf = tmp_path / "fw.toml"
+    conf.write_text('[admin]\nmetrics_dir = "metrics"\n')
+    assert load(str(conf)).admin.metrics_dir == str(tmp_path / "metrics")
