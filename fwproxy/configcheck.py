@@ -95,6 +95,9 @@ def number(
         return None
     if zero and value == 0:
         return 0.0
+    if zero and value < 0:
+        p.add(key, f"must be 0 (no limit) or greater, got {value!r}")
+        return None
     if value <= minimum:
         p.add(key, f"must be greater than {minimum:g}, got {value!r}")
         return None

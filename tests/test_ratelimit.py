@@ -293,7 +293,7 @@ def test_limits_are_checked_in_the_configuration():
             "f.toml",
         )
     assert e.value.problems == [
-        "f.toml:2: limits.client_request_rate: must be greater than 0, got -1",
+        "f.toml:2: limits.client_request_rate: must be 0 (no limit) or greater, got -1",
         "f.toml:3: limits.client_request_burst: expected a whole number, got 1.5",
         "f.toml:4: limits.max_tunnels_per_client: expected a whole number, got 'x'",
     ]
