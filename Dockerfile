@@ -31,7 +31,7 @@ ENV PATH=/opt/fwproxy/bin:$PATH \
     PYTHONUNBUFFERED=1
 # numeric, so that Kubernetes' runAsNonRoot can check it
 USER 10001:10001
-EXPOSE 3128
+EXPOSE 3128 9090
 # drain: stop accepting, let transactions in flight finish (timeouts.drain), exit 0
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 \

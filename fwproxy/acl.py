@@ -5,7 +5,10 @@ Named ACLs, each of one type, and an ordered list of rules ``allow|deny NAME [!N
 the first rule whose ACLs all match decides; no match means deny. Types: ``src``, ``dst``,
 ``dstdomain``, ``dstdom_regex``, ``port``, ``method``, ``url_regex``, ``time``, ``proxy_auth``,
 ``client_cert``, ``ssl_sni``.
-Predefined: ``all``, and the destination sets ``to_localhost``, ``to_linklocal``, ``to_private``.
+Predefined: ``all``, and the destination sets ``to_localhost``, ``to_linklocal``, ``to_self``,
+``to_private``, ``to_nonpublic`` (every IANA special-purpose range that is not globally
+reachable); ``dst`` and these match an IPv6 address that carries an IPv4 one (NAT64, 6to4,
+Teredo) by that IPv4 address too.
 
 Parsing turns configuration values into matchers once, raising :class:`AclError` naming the bad
 value; matching is then pure: :meth:`fwproxy.rules.AccessPolicy.check` takes an :class:`AclContext`. A ``dst``
@@ -24,6 +27,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from fwproxy.selfcheck import IPAddress, all_self, parse_ip
+from fwproxy.special_addresses import NONPUBLIC, NONPUBLIC_EXCEPTIONS, embedded_ipv4
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -133,25 +137,51 @@ def _networks(name: str, kind: str, values: object) -> tuple[IPNetwork, ...]:
 
 class NetworkSet:
     """Networks compiled to ``(address, mask)`` integers: membership in a few integer
-    operations instead of ``ipaddress``'s property look-ups (this is on every request)."""
+    operations instead of ``ipaddress``'s property look-ups (this is on every request).
+    ``exceptions`` are networks inside them that are not members (``to_nonpublic``'s globally
+    reachable rows)."""
 
-    __slots__ = ("networks", "_v4", "_v6")
+    __slots__ = ("networks", "exceptions", "_v4", "_v6", "_x4", "_x6")
 
-    def __init__(self, networks: Sequence[IPNetwork]) -> None:
+    def __init__(self, networks: Sequence[IPNetwork], exceptions: Sequence[IPNetwork] = ()) -> None:
         self.networks = tuple(networks)
-        self._v4 = tuple(
-            (int(n.network_address), int(n.netmask)) for n in self.networks if n.version == 4
-        )
-        self._v6 = tuple(
-            (int(n.network_address), int(n.netmask)) for n in self.networks if n.version == 6
-        )
+        self.exceptions = tuple(exceptions)
+        self._v4, self._v6 = _compiled(self.networks)
+        self._x4, self._x6 = _compiled(self.exceptions)
 
     def __contains__(self, ip: IPAddress) -> bool:
-        x = int(ip)
-        for net, mask in self._v4 if ip.version == 4 else self._v6:
+        if ip.version == 4:
+            return self._has(int(ip), self._v4, self._x4)
+        return self._has(int(ip), self._v6, self._x6)
+
+    @staticmethod
+    def _has(
+        x: int, nets: tuple[tuple[int, int], ...], exceptions: tuple[tuple[int, int], ...]
+    ) -> bool:
+        for net, mask in nets:
             if x & mask == net:
-                return True
+                return not any(x & m == n for n, m in exceptions)
         return False
+
+    def holds_destination(self, ip: IPAddress) -> bool:
+        """Membership for a destination: an IPv6 address that carries an IPv4 one (NAT64,
+        6to4, Teredo, IPv4-compatible: :func:`fwproxy.special_addresses.embedded_ipv4`) is
+        also a member when that IPv4 address is. Never for sources: a client does not choose
+        where its packets go by the bits of its own address."""
+        x = int(ip)
+        if ip.version == 4:
+            return self._has(x, self._v4, self._x4)
+        if self._has(x, self._v6, self._x6):
+            return True
+        return any(self._has(v4, self._v4, self._x4) for v4 in embedded_ipv4(x))
+
+
+def _compiled(networks: Sequence[IPNetwork]) -> tuple[tuple[tuple[int, int], ...], ...]:
+    """``(IPv4, IPv6)`` networks as ``(address, mask)`` integer pairs."""
+    return tuple(
+        tuple((int(n.network_address), int(n.netmask)) for n in networks if n.version == v)
+        for v in (4, 6)
+    )
 
 
 class _NetworkAcl:
@@ -199,8 +229,8 @@ class DstAcl(_NetworkAcl, Acl):
     def match(self, ctx: AclContext) -> bool:
         if ctx.addresses is None:
             raise NeedAddresses(self.name)
-        s = self._set
-        return bool(ctx.addresses) and all(a in s for a in ctx.addresses)
+        held = self._set.holds_destination
+        return bool(ctx.addresses) and all(held(a) for a in ctx.addresses)
 
 
 class DstDomainAcl(Acl):
@@ -438,7 +468,14 @@ def _predefined_dst(name: str, nets: Iterable[str]) -> DstAcl:
 
 
 def predefined() -> dict[str, Acl]:
-    """ACLs every configuration has, like squid's ``all``."""
+    """ACLs every configuration has, like squid's ``all``. The destination sets (the names
+    in :data:`PREDEFINED_DESTINATIONS`) check an IPv6 address that carries an IPv4 one as that
+    IPv4 address too (see :meth:`NetworkSet.holds_destination`)."""
+    nonpublic = DstAcl("to_nonpublic", None)
+    nonpublic._set = NetworkSet(
+        [ipaddress.ip_network(n) for n in NONPUBLIC],
+        [ipaddress.ip_network(n) for n in NONPUBLIC_EXCEPTIONS],
+    )
     return {
         "all": AllAcl("all"),
         "to_localhost": _predefined_dst(
@@ -452,7 +489,15 @@ def predefined() -> dict[str, Acl]:
             "to_private",
             ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7"],
         ),
+        "to_nonpublic": nonpublic,
     }
+
+
+#: the predefined destination ACLs: a rule that denies by one of them stays enforced in
+#: report-only mode (``[access] mode = "report"``)
+PREDEFINED_DESTINATIONS = frozenset(
+    ("to_localhost", "to_linklocal", "to_self", "to_private", "to_nonpublic")
+)
 
 
 def make_acl(name: str, kind: str, values: object) -> Acl:

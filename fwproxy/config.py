@@ -65,7 +65,11 @@ class Limits:
     connections at once (503 beyond; 0: derived from the file-descriptor limit);
     ``max_connections_per_client``: from one client address (0: no limit);
     ``max_upstream_per_host``: connections to one origin ``host:port``, busy or idle (further
-    requests wait for one; 0: no limit)."""
+    requests wait for one; 0: no limit); ``client_request_rate``: requests (and CONNECTs) per
+    second from one client address, or one user when authenticated, a token bucket holding
+    ``client_request_burst`` of them (0: one second's worth) — beyond, ``429`` with
+    ``Retry-After`` (0: no limit); ``max_tunnels_per_client``: CONNECT tunnels open at once
+    from one client address or user (``429``; 0: no limit)."""
 
     max_header_size: int = 65536
     max_headers: int = 200
@@ -74,6 +78,9 @@ class Limits:
     max_connections: int = 0
     max_connections_per_client: int = 0
     max_upstream_per_host: int = 0
+    client_request_rate: float = 0.0
+    client_request_burst: int = 0
+    max_tunnels_per_client: int = 0
 
 
 @dataclass(frozen=True)
@@ -127,6 +134,20 @@ class TunnelConfig:
 
 
 @dataclass(frozen=True)
+class AdminConfig:
+    """``[admin]``: the admin listener (:mod:`fwproxy.admin`: ``/healthz``, ``/readyz``,
+    ``/metrics``) on ``listen`` (endpoint strings; empty: none), and ``metrics_dir``, the
+    writable directory where ``--workers`` processes keep their metrics for one scrape to see
+    them all (default: a new temporary directory). ``listen_required``: ``listen`` was written
+    in the file, so a port that cannot be bound stops start-up; the built-in default is
+    best effort (a warning)."""
+
+    listen: tuple[str, ...] = ("tcp:9128:interface=127.0.0.1",)
+    metrics_dir: str | None = None
+    listen_required: bool = False
+
+
+@dataclass(frozen=True)
 class FilterSpec:
     """One ``[[filters]]`` entry: a filter's name and its options table."""
 
@@ -156,6 +177,7 @@ class Config:
     routing: tuple[RoutingRule, ...] = ()
     #: ``[proxy] watch_config``: reload when the file changes (a ConfigMap's symlink swap)
     watch_config: bool = False
+    admin: AdminConfig = AdminConfig()
     source: str = DEFAULT_NAME
     warnings: tuple[str, ...] = ()
 
@@ -165,9 +187,13 @@ class Config:
 
     @property
     def builtin_filters(self) -> tuple[FilterSpec, ...]:
-        """The built-in filters every proxy runs, before the ``[[filters]]``."""
+        """The built-in filters every proxy runs, before the ``[[filters]]`` (``ratelimit``
+        when a ``[limits]`` client limit is set: after ``acl``, which finds the user)."""
+        limits = self.limits
+        rate = limits.client_request_rate or limits.max_tunnels_per_client
         return (
             FilterSpec("acl", {}),
+            *((FilterSpec("ratelimit", {}),) if rate else ()),
             FilterSpec("headers", dict(self.headers)),
             FilterSpec("accesslog", dict(self.log)),
         )
@@ -192,6 +218,7 @@ _SECTIONS = (
     "filters",
     "parents",
     "routing",
+    "admin",
 )
 
 
@@ -263,6 +290,9 @@ def parse(data: Mapping[str, Any], source: str = DEFAULT_NAME, text: str = "") -
     kwargs["log"] = {"access": "-", "format": "squid", **check.table(p, data, "log")}
     entries = check.filters(p, data.get("filters", []))
     kwargs["filters"] = tuple(FilterSpec(name, options) for _, name, options in entries)
+    if "admin" in data:
+        admin = _admin(p, check.table(p, data, "admin"), here)
+        kwargs["admin"] = AdminConfig(**admin)
     config = Config(**kwargs)
     _check_filters(p, config, [i for i, _, _ in entries])
     if p:
@@ -286,6 +316,45 @@ def _listen(p: Problems, proxy: Mapping[str, Any]) -> tuple[str, ...]:
         if err:
             p.add("proxy.listen", f"{s!r} is not a valid endpoint: {err}", ("proxy", "listen", i))
     return tuple(listen)
+
+
+def _admin(p: Problems, section: Mapping[str, Any], directory: str | None) -> dict[str, Any]:
+    """The valid values of ``[admin]``: ``listen``, a list of endpoint strings (possibly empty:
+    no admin listener), and ``metrics_dir``, an existing writable directory (relative to
+    ``directory``, the configuration file's)."""
+    check.unknown(p, "admin", section, ("listen", "metrics_dir"))
+    values: dict[str, Any] = {}
+    if "listen" in section:
+        listen = section["listen"]
+        if isinstance(listen, str):
+            listen = [listen]
+        if not isinstance(listen, list) or not all(isinstance(s, str) for s in listen):
+            p.add("admin.listen", 'expected a list of endpoint strings like "tcp:9128" ([]: off)')
+        else:
+            for i, s in enumerate(listen):
+                err = validate_endpoint(s)
+                if err:
+                    p.add(
+                        "admin.listen",
+                        f"{s!r} is not a valid endpoint: {err}",
+                        ("admin", "listen", i),
+                    )
+            values["listen"] = tuple(listen)
+            values["listen_required"] = True
+    if "metrics_dir" in section:
+        d = section["metrics_dir"]
+        if not isinstance(d, str) or not d or any(c in d for c in "\r\n\0"):
+            p.add("admin.metrics_dir", "expected the path of a writable directory")
+            return values
+        if directory is not None:
+            d = os.path.join(directory, d)  # an absolute path stays what it is
+        if not os.path.isdir(d):
+            p.add("admin.metrics_dir", f"directory {d!r} does not exist")
+        elif not os.access(d, os.W_OK | os.X_OK):
+            p.add("admin.metrics_dir", f"directory {d!r} is not writable")
+        else:
+            values["metrics_dir"] = d
+    return values
 
 
 def _check_filters(p: Problems, config: Config, indices: Sequence[int]) -> None:

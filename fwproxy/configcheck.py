@@ -87,12 +87,20 @@ class Problems:
         return out
 
 
-def number(p: Problems, key: str, value: object, minimum: float = 0) -> float | None:
+def number(
+    p: Problems, key: str, value: object, minimum: float = 0, zero: bool = False
+) -> float | None:
+    """``value`` if it is a finite number greater than ``minimum`` (or 0, with ``zero``)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         p.add(key, f"expected a number, got {value!r}")
         return None
     if not math.isfinite(value):  # TOML has nan and inf; timers need neither
         p.add(key, f"expected a finite number, got {value!r}")
+        return None
+    if zero and value == 0:
+        return 0.0
+    if zero and value < 0:
+        p.add(key, f"must be 0 (no limit) or greater, got {value!r}")
         return None
     if value <= minimum:
         p.add(key, f"must be greater than {minimum:g}, got {value!r}")
@@ -137,7 +145,8 @@ def table(p: Problems, data: Mapping[str, Any], key: str) -> Mapping[str, Any]:
 def numbers(p: Problems, key: str, section: Mapping[str, Any], defaults: type) -> dict[str, Any]:
     """The valid values of a section of numbers, given its dataclass of defaults: fields with
     a whole-number default are counts and sizes (0: no limit, except for the three limits of a
-    request head), the others seconds (greater than 0)."""
+    request head), those with a default of 0.0 rates (0: no limit), the others seconds (greater
+    than 0)."""
     fields = dataclasses.fields(defaults)
     unknown(p, key, section, [f.name for f in fields])
     values: dict[str, Any] = {}
@@ -149,9 +158,11 @@ def numbers(p: Problems, key: str, section: Mapping[str, Any], defaults: type) -
             low = 1 if name in ("max_header_size", "max_headers", "max_target") else 0
             n: float | None = integer(p, f"{key}.{name}", section[name], low)
         else:
-            n = number(p, f"{key}.{name}", section[name])
+            n = number(p, f"{key}.{name}", section[name], zero=f.default == 0)
         if n is not None:
             values[name] = n
+    if values.get("client_request_burst") and not values.get("client_request_rate"):
+        p.add(f"{key}.client_request_burst", f"has no effect without {key}.client_request_rate")
     return values
 
 
@@ -199,9 +210,16 @@ def acls(p: Problems, section: Mapping[str, Any]) -> dict[str, Acl]:
     return found
 
 
+#: ``[access] mode``: the rules deny, or ("report") only report what they would deny
+ACCESS_MODES = ("enforce", "report")
+
+
 def access(p: Problems, section: Mapping[str, Any], defined: dict[str, Acl]) -> AccessPolicy:
-    """The ``[access]`` rules; each bad rule is reported at its own line."""
-    unknown(p, "access", section, ("rules",))
+    """The ``[access]`` rules and ``mode``; each bad rule is reported at its own line."""
+    unknown(p, "access", section, ("rules", "mode"))
+    mode = section.get("mode", "enforce")
+    if mode not in ACCESS_MODES:
+        p.add("access.mode", f'expected "enforce" or "report", got {mode!r}')
     texts = section.get("rules", ["deny all"])
     if not isinstance(texts, list) or not all(isinstance(r, str) for r in texts):
         p.add("access.rules", 'expected a list of strings like "allow localhost"')
@@ -212,7 +230,7 @@ def access(p: Problems, section: Mapping[str, Any], defined: dict[str, Acl]) -> 
             rules.append(parse_rule(text, defined, "access.rules"))
         except AclError as e:
             p.add_error(e, "access.rules", ("access", "rules", i))
-    return AccessPolicy(rules)
+    return AccessPolicy(rules, report_only=mode == "report")
 
 
 def warnings(source: str, policy: AccessPolicy) -> list[str]:
@@ -222,6 +240,12 @@ def warnings(source: str, policy: AccessPolicy) -> list[str]:
         "(no src or proxy_auth ACL in it): this makes an open proxy"
         for r in policy.open_rules()
     ]
+    if policy.report_only:
+        found.append(
+            f'{source}: access.mode: "report": requests the rules deny are relayed (logged with '
+            "would_deny); only rules with to_linklocal, to_localhost, to_self, to_private or "
+            "to_nonpublic, and authentication, still deny"
+        )
     rule = linklocal_rule(policy)
     if rule is not None:
         found.append(

@@ -25,6 +25,7 @@ from fwproxy.admission import Admission
 from fwproxy.auth import Authenticator, HtpasswdChecker, make_portal
 from fwproxy.chain import FilterChain
 from fwproxy.config import AuthConfig, Config
+from fwproxy.metrics import MeteredPool, ProxyMetrics, TimedResolver
 from fwproxy.origination import Origination
 from fwproxy.parents import ParentHealth
 from fwproxy.plugins import FilterContext, find_factory
@@ -32,7 +33,6 @@ from fwproxy.protocol import ProxyProtocol
 from fwproxy.record import TransactionRecord
 from fwproxy.resolver import ReactorResolver
 from fwproxy.routing import Routes, RoutingRules
-from fwproxy.upstream import UpstreamPool
 
 log = Logger()
 
@@ -94,13 +94,18 @@ class ProxyFactory(Factory):
     ) -> None:
         self.config = config
         self.reactor = reactor
-        self.resolver = resolver if resolver is not None else ReactorResolver(reactor)
+        #: this proxy's metrics (fwproxy.metrics), counted as transactions finish
+        self.metrics = ProxyMetrics(self._gauges)
+        self.resolver = TimedResolver(
+            resolver if resolver is not None else ReactorResolver(reactor), reactor, self.metrics
+        )
         self.portal = portal
         self.context = self._make_context(config)
         if filters is None:
             filters = build_filters(config, self.context)
         self.chain = FilterChain(filters)
-        self.pool = UpstreamPool(
+        self.pool = MeteredPool(
+            self.metrics,
             reactor,
             config.pool.max_idle_per_host,
             config.pool.idle_timeout,
@@ -126,11 +131,17 @@ class ProxyFactory(Factory):
         """The open client connections."""
         return self.admission.connections
 
+    def _gauges(self) -> tuple[int, int]:
+        """``(connections, tunnels)`` open, for the metrics (read at scrape time)."""
+        conns = self.admission.connections
+        return len(conns), sum(1 for p in conns if p.busy_tunnel)
+
     def buildProtocol(self, addr: Any) -> ProxyProtocol:  # type: ignore[override]
         return ProxyProtocol(self, self.admission)
 
     # -- ProxyServices ---------------------------------------------------------------------
     def observe(self, record: TransactionRecord) -> None:
+        self.metrics.transactionFinished(record)
         for observer in self.chain.observers:
             try:
                 observer(record)

@@ -11,6 +11,11 @@ the squid and combined lines (``sni=NAME``, ``sni=-`` when the ClientHello named
 in the combined format), and only on those lines, so that tools reading the standard fields
 by position are undisturbed; ``json`` has ``"sni"`` on every line (``null`` when not peeked).
 
+A request relayed in report-only mode (``[access] mode = "report"``) that the rules would have
+denied has the rule on its line likewise: ``would_deny=RULE`` at the end of the squid and
+combined lines (escaped, quoted in the combined format), ``"would_deny"`` in ``json`` (``null``
+otherwise).
+
 Every field that a client controls is escaped: control characters, spaces inside the squid
 format's space-separated fields, and quotes inside the combined format's quoted fields are
 written as ``\\xHH`` (or ``\\"``), so a client cannot forge or split log lines.
@@ -24,6 +29,7 @@ import time
 from collections.abc import Callable
 
 from fwproxy.record import TransactionRecord
+from fwproxy.rules import WOULD_DENY
 
 # U+2028/U+2029 too: str.splitlines() (and JavaScript) end lines there
 _CONTROL = re.compile(r"[\x00-\x20\x7f-\x9f\u2028\u2029\"\\]")
@@ -77,6 +83,8 @@ def squid(r: TransactionRecord) -> str:
     )
     if r.sni is not None:
         line += f" sni={field(r.sni)}"
+    if r.notes and WOULD_DENY in r.notes:
+        line += f" would_deny={field(str(r.notes[WOULD_DENY]))}"
     return line
 
 
@@ -98,6 +106,8 @@ def combined(r: TransactionRecord) -> str:
     )
     if r.sni is not None:
         line += f' "sni={quoted(r.sni) or "-"}"'
+    if r.notes and WOULD_DENY in r.notes:
+        line += f' "would_deny={quoted(str(r.notes[WOULD_DENY]))}"'
     return line
 
 
@@ -121,6 +131,7 @@ def as_json(r: TransactionRecord) -> str:
             "referer": r.referer,
             "user_agent": r.user_agent,
             "sni": r.sni,
+            "would_deny": r.notes.get(WOULD_DENY),
         },
         separators=(",", ":"),
     )

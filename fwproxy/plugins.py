@@ -13,10 +13,11 @@ from zope.interface import implementer
 from fwproxy.filters.accesslog import AccessLogFactory
 from fwproxy.filters.acl import AclFilterFactory
 from fwproxy.filters.headers import HeadersFilterFactory
+from fwproxy.filters.ratelimit import RateLimitFactory
 from fwproxy.interfaces import IFilterContext, IFilterFactory
 
 BUILTINS: dict[str, Any] = {
-    f.name: f for f in (AclFilterFactory, HeadersFilterFactory, AccessLogFactory)
+    f.name: f for f in (AclFilterFactory, HeadersFilterFactory, AccessLogFactory, RateLimitFactory)
 }
 
 
@@ -45,9 +46,9 @@ class _CallableFactory:
 def find_factory(name: str) -> Any:
     """The :class:`IFilterFactory` called ``name``.
 
-    Looked up, in order: the built-ins (``acl``, ``headers``, ``accesslog``); factories
-    registered in ``twisted/plugins/`` dropins (by their ``name``); a dotted path to an
-    ``IFilterFactory`` provider or to a callable ``(options, context) -> filter``.
+    Looked up, in order: the built-ins (``acl``, ``headers``, ``accesslog``, ``ratelimit``);
+    factories registered in ``twisted/plugins/`` dropins (by their ``name``); a dotted path to
+    an ``IFilterFactory`` provider or to a callable ``(options, context) -> filter``.
 
     :raise LookupError: with a message saying where it looked.
     """

@@ -7,7 +7,9 @@ services that clients were never meant to reach. Both questions are asked of the
 the addresses the proxy listens on, and the address a client connected to — and answered here,
 sans-IO, so that loop detection (with a port) and the ``to_self`` ACL (any port) cannot drift
 apart. A listener on every interface (``0.0.0.0``, ``::``) makes every loopback and unspecified
-address the proxy's own, and the address the client reached it on.
+address the proxy's own, and the address the client reached it on. An IPv6 address that carries
+an IPv4 one (``[64:ff9b::7f00:1]``, NAT64 to 127.0.0.1; see :mod:`fwproxy.special_addresses`) is
+the proxy's own when that IPv4 address is.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from __future__ import annotations
 import functools
 import ipaddress
 from collections.abc import Iterable, Sequence
+
+from fwproxy.special_addresses import embedded_ipv4
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -70,6 +74,21 @@ def all_self(
 
 
 def _is_self_ip(
+    ip: IPAddress,
+    port: int | None,
+    listening: Sequence[tuple[str, int]],
+    local: tuple[str, int] | None,
+) -> bool:
+    if _is_self_one(ip, port, listening, local):
+        return True
+    if ip.version == 6:
+        for v4 in embedded_ipv4(int(ip)):
+            if _is_self_one(ipaddress.IPv4Address(v4), port, listening, local):
+                return True
+    return False
+
+
+def _is_self_one(
     ip: IPAddress,
     port: int | None,
     listening: Sequence[tuple[str, int]],

@@ -14,6 +14,14 @@ invalid one is logged and the running one kept) and SIGUSR1 re-opens the log fil
 ``[proxy] watch_config = true``, a change of the configuration file (a ConfigMap update) is a
 SIGHUP too (:mod:`fwproxy.watch`).
 
+The admin listener (``[admin] listen``, :mod:`fwproxy.admin`: ``/healthz``, ``/readyz``,
+``/metrics``) starts before the proxy's ports, answers ``/readyz`` with ``503`` until they listen
+and again from the moment draining starts, and stops last. Only the twistd process runs it: with
+``--workers``, every process writes its metrics to a shared directory that it reads
+(:mod:`fwproxy.metrics_shared`). A port it cannot bind stops start-up when ``[admin] listen`` is
+in the file; the built-in default (loopback) is only for the proxy's own process (``signals``:
+twistd, ``fwproxy run``), and best effort (a warning).
+
 ``ssl:`` listeners are fwproxy's own (:mod:`fwproxy.tls`): a reload also re-reads their key
 and certificate files and ``[tls]``, for new connections; files that cannot be used reject the
 reload as an invalid configuration does.
@@ -22,6 +30,7 @@ reload as an invalid configuration does.
 from __future__ import annotations
 
 import gc
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -35,8 +44,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from fwproxy import tls
+from fwproxy.admin import AdminListenError, AdminServer
 from fwproxy.config import DEFAULT_NAME, Config, ConfigError
 from fwproxy.factory import ProxyFactory
+from fwproxy.metrics_shared import METRICS_DIR_ENV
 from fwproxy.reuseport import listen_reuseport
 from fwproxy.supervisor import Supervisor
 from fwproxy.twisted_private import forget_exit_signal
@@ -73,6 +84,7 @@ class ProxyService(Service):
         SIGUSR1 and SIGTERM handlers.
     :param reuseport: listen on ``tcp:`` endpoints with ``SO_REUSEPORT`` (``--workers``).
     :param supervisor: the worker processes to start, signal and stop with this service.
+    :param metrics_dir: a ``--workers`` worker: the directory to write its metrics to.
     """
 
     def __init__(
@@ -84,6 +96,7 @@ class ProxyService(Service):
         signals: bool = False,
         reuseport: bool = False,
         supervisor: Supervisor | None = None,
+        metrics_dir: str | None = None,
     ) -> None:
         self.config = config
         self.reactor = reactor
@@ -98,16 +111,23 @@ class ProxyService(Service):
         self.tls: list[tls.ListenerTLS] = []
         #: polls the configuration file when ``[proxy] watch_config`` is on
         self.watcher: ConfigWatcher | None = None
+        #: ``/healthz``, ``/readyz``, ``/metrics`` (fwproxy.admin)
+        self.admin = AdminServer(reactor, self.factory.metrics, self.readiness)
+        self._metrics_dir = metrics_dir
+        self._stopping = False
 
     def startService(self) -> None:
         """Listen on every endpoint (or raise :class:`ListenError`, listening on none), then
         start the workers and install the signal handlers."""
         super().startService()
+        self._stopping = False
+        self._start_admin()
         for description in self.config.listen:
             try:
                 self._listening(self._listen(description))
             except (CannotListenError, OSError, tls.TLSError) as e:
                 self.running = 0
+                self.admin.stop()
                 for port in self.ports:
                     port.stopListening()
                 self.ports = []
@@ -136,6 +156,36 @@ class ProxyService(Service):
             gc.collect()
             gc.freeze()
         self._watch(self.config)
+
+    def readiness(self) -> str | None:
+        """None when the proxy takes requests (``/readyz``: 200), else why not."""
+        if self._stopping or self.factory.draining:
+            return "draining"
+        if not self.running or not self.ports:
+            return "not listening"
+        return None
+
+    def _start_admin(self) -> None:
+        """Start the admin listener (not in a worker), and with ``--workers`` the metrics
+        every process writes to a shared directory."""
+        admin = self.config.admin
+        if self._reuseport and self.supervisor is None:  # a worker
+            if self._metrics_dir is not None:
+                self.admin.share(self._metrics_dir)
+            return
+        if not admin.listen or not (admin.listen_required or self._signals):
+            return  # the built-in default is the proxy process's own (twistd, fwproxy run)
+        if self.supervisor is not None:
+            directory = self.admin.share(admin.metrics_dir, prepare=True)
+            os.environ[METRICS_DIR_ENV] = directory  # the workers' environment
+        try:
+            self.admin.listen(admin.listen)
+        except AdminListenError as e:
+            error = ListenError.from_exception(f"{e.description} ([admin] listen)", e.error)
+            if admin.listen_required:
+                self.admin.stop()
+                raise error from None
+            log.warn("fwproxy: no admin listener: {e} (set [admin] listen)", e=error)
 
     def _listen(self, description: str) -> Any:
         if self._reuseport:
@@ -174,7 +224,12 @@ class ProxyService(Service):
 
     def reload(self) -> bool:
         """Re-read the configuration; keep the running one if the new one is invalid.
-        Worker processes are told to reload too."""
+        Worker processes are told to reload too. Counted in the metrics."""
+        ok = self._reload_now()
+        self.factory.metrics.reloaded(ok)
+        return ok
+
+    def _reload_now(self) -> bool:
         if self.supervisor is not None:
             self.supervisor.signal(signal.SIGHUP)
         if self._reload is None:
@@ -235,6 +290,7 @@ class ProxyService(Service):
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()
+        self._stopping = True
         if self._signals:
             # Twisted's own handler ran (it replaces ours when the reactor starts): it would
             # re-raise the signal at exit. A drained stop is a clean exit: status 0.
@@ -259,6 +315,7 @@ class ProxyService(Service):
         await self.factory.drain(self.config.timeouts.drain)
         if workers is not None:
             await workers
+        self.admin.stop()  # last: /readyz answered 503 while draining
 
 
 class Foreground(MultiService):

@@ -10,12 +10,14 @@ exit status 1.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
 from twisted.internet import protocol, stdio
 from twisted.logger import globalLogBeginner, textFileLogObserver
 
+from fwproxy.metrics_shared import METRICS_DIR_ENV
 from fwproxy.service import ListenError, ProxyService
 from fwproxy.tap import Options
 
@@ -50,7 +52,12 @@ def run(reactor: Any, argv: list[str]) -> int:
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
     stdio.StandardIO(_Parent(reactor), reactor=reactor)
     service = ProxyService(
-        options["config_object"], reactor, reload=options.reloader(), signals=True, reuseport=True
+        options["config_object"],
+        reactor,
+        reload=options.reloader(),
+        signals=True,
+        reuseport=True,
+        metrics_dir=os.environ.get(METRICS_DIR_ENV),  # set by the twistd process
     )
     try:
         service.startService()

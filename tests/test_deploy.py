@@ -46,7 +46,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.protocols.haproxy import proxyEndpoint
 
-from fwproxy.config import Config, ConfigError, Timeouts, load, loads, validate_endpoint
+from fwproxy.config import Config, Timeouts, load, loads, validate_endpoint
 
 REPO = Path(__file__).resolve().parent.parent
 ECS = REPO / "deploy" / "ecs"
@@ -400,16 +400,8 @@ def configmap_config() -> str:
 
 
 def configmap_loaded() -> Config:
-    """The ConfigMap's file, loaded by fwproxy. Its ``[admin]`` section (issue 10 item 5:
-    probes and metrics on a port of their own) is left out while fwproxy does not know it
-    yet (its endpoints are checked by :func:`test_configmap_configuration_is_valid`)."""
-    text, source = configmap_config(), "deploy/kubernetes/configmap.yaml"
-    try:
-        return loads(text, source)
-    except ConfigError as e:
-        if not any(": admin: unknown key" in problem for problem in e.problems):
-            raise
-    return loads(re.sub(r"(?ms)^\[admin\]\n.*?(?=^\[)", "", text), source)
+    """The ConfigMap's file, loaded by fwproxy (its ``[admin]`` section included)."""
+    return loads(configmap_config(), "deploy/kubernetes/configmap.yaml")
 
 
 def test_configmap_configuration_is_valid() -> None:

@@ -132,6 +132,7 @@ def test_json_format():
         "referer": "http://example.com/",
         "user_agent": "curl/8.5.0",
         "sni": None,
+        "would_deny": None,
     }
 
 

@@ -305,3 +305,12 @@ def test_no_dropin_cache_is_committed():
 def test_dropin_caches_are_ignored_everywhere(path):
     assert git("check-ignore", "--no-index", "-q", path).returncode == 0, path
     assert git("check-ignore", "--no-index", "-q", path + ".txt").returncode == 1
+
+
+def test_test_modules_have_unique_names() -> None:
+    # tests/ has no packages: pytest imports each test file by its basename, so two files of
+    # one name in different folders stop the whole run at collection
+    names: dict[str, list[str]] = {}
+    for path in sorted((REPO / "tests").rglob("test_*.py")):
+        names.setdefault(path.name, []).append(str(path.relative_to(REPO)))
+    assert {n: p for n, p in names.items() if len(p) > 1} == {}

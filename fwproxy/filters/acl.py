@@ -10,6 +10,12 @@ connects only to an address that was checked (no second lookup, no DNS-rebinding
 A CONNECT to a peeked port (``[tunnel] peek_ports``) that reaches a rule with an ``ssl_sni`` ACL
 is let through to its ClientHello (marked ``SNI_POSTPONED`` in its notes); :mod:`fwproxy.peek`
 then runs the destination checks again with the server name known (``SNI_NOTE``).
+
+In report-only mode (``[access] mode = "report"``) a request the rules deny is let through with
+the rule noted in ``request.notes[WOULD_DENY]`` (the access log's ``would_deny``), unless a rule
+guarding the destination denies it or it needs authentication (407): see
+:meth:`fwproxy.rules.AccessPolicy.verdict`. A denial notes its rule in ``DENIED_BY``, an
+authentication failure its reason in ``AUTH_FAILED`` (for the metrics).
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ from fwproxy.interfaces import (
 )
 from fwproxy.message import Request, Response
 from fwproxy.record import TCP_DENIED
-from fwproxy.rules import AccessPolicy
+from fwproxy.rules import AUTH_FAILED, DENIED_BY, WOULD_DENY, AccessPolicy
 
 _AUTH_TRIED = "fwproxy.auth_tried"
 
@@ -66,6 +72,7 @@ class AclFilter:
         self._listening = context.listening
         self._auth = getattr(context, "authenticator", None)
         self._peek_ports = context.config.tunnel.peek_ports if policy.needs_sni else frozenset()
+        self._report = policy.report_only
 
     def _context(self, request: Request, addresses: tuple = None) -> AclContext:  # type: ignore[assignment]
         sni = request.notes.get(SNI_NOTE)
@@ -97,7 +104,7 @@ class AclFilter:
             request.addresses = [request.host]
         try:
             if request.addresses is None:
-                return self._verdict(request, self.policy.allows(self._context(request)))
+                return self._verdict(request, *self.policy.verdict(self._context(request)))
             return self._per_address(request, request.addresses)
         except NeedCredentials:
             return self._authenticate(request)
@@ -134,6 +141,7 @@ class AclFilter:
 
     def _authenticated(self, request: Request, user: Any) -> Any:
         if user is RATE_LIMITED:
+            request.notes[AUTH_FAILED] = "throttled"
             return Response.text(
                 429,
                 "fwproxy: too many failed authentication attempts; try again later",
@@ -144,27 +152,53 @@ class AclFilter:
             request.user = user
         return self.requestReceived(request)
 
-    def _verdict(self, request: Request, allowed: bool) -> Response | None:
-        if allowed:
+    def _verdict(self, request: Request, allowed: bool, rule: str | None) -> Response | None:
+        """Answer as :meth:`AccessPolicy.verdict` said: ``rule`` denies, or (allowed in
+        report-only mode) would have denied."""
+        unauthenticated = (
+            self._auth is not None and not request.user and request.notes.get(_AUTH_TRIED)
+        )
+        if allowed and (rule is None or not unauthenticated):
+            if rule is not None:
+                request.notes[WOULD_DENY] = rule
+            elif self._report:
+                request.notes.pop(WOULD_DENY, None)  # allowed outright after a re-check
             request.checked = request.destination
             return None
-        if self._auth is not None and request.notes.get(_AUTH_TRIED) and not request.user:
+        if unauthenticated:  # enforced in report-only mode too
+            request.notes[AUTH_FAILED] = "invalid" if request.credentials else "missing"
+            auth: Any = self._auth
             response = Response.text(407, "fwproxy: proxy authentication required", TCP_DENIED)
-            response.headers.add(b"Proxy-Authenticate", self._auth.challenge())
+            response.headers.add(b"Proxy-Authenticate", auth.challenge())
             return response
+        request.notes[DENIED_BY] = rule
         return denied(request)
 
     def _per_address(self, request: Request, addresses: list[str]) -> Response | None:
         ips = [ip for ip in (client_ip(a) for a in addresses) if ip is not None]
         if not ips:
             request.addresses = []
-            return self._verdict(request, self.policy.allows(self._context(request, ())))
-        allowed = [str(ip) for ip in ips if self.policy.allows(self._context(request, (ip,)))]
-        if not allowed:
-            return self._verdict(request, False)
-        request.addresses = allowed
-        request.checked = request.destination
-        return None
+            return self._verdict(request, *self.policy.verdict(self._context(request, ())))
+        verdict = self.policy.verdict
+        allowed: list[str] = []
+        reported: list[str] = []
+        denial = would_deny = None
+        for ip in ips:
+            ok, rule = verdict(self._context(request, (ip,)))
+            if not ok:
+                denial = denial or rule
+            elif rule is None:
+                allowed.append(str(ip))
+            else:
+                would_deny = would_deny or rule
+                reported.append(str(ip))
+        if allowed:
+            request.addresses = allowed
+            return self._verdict(request, True, None)
+        if reported:  # report-only mode: every address allowed would have been denied
+            request.addresses = reported
+            return self._verdict(request, True, would_deny)
+        return self._verdict(request, False, denial)
 
 
 @provider(IFilterFactory)
