@@ -39,7 +39,7 @@ LARGE = 256 * 1024
 #: read size and write-buffer bound otherwise: a transport pauses its producer when more than
 #: this is buffered, which one read of this size can have caused, so at most twice this is
 #: buffered per direction
-SMALL = 32 * 1024
+SMALL = 16 * 1024
 #: bytes between two checks of the readers' kernel backlogs, and bytes a direction that was
 #: paused must move before it counts as keeping up again
 KEEP_UP = 1024 * 1024
