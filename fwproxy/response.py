@@ -206,7 +206,7 @@ class ResponseRelay:
             client = x.conn.stream
             if kind != "length" or (rh.content_length or 0) > PACE_OVER:
                 # a large body: large reads while the client keeps up, small ones once it lags
-                self._producing = Pacing((client, up))
+                self._producing = Pacing((client, up), x.proxy.reactor)
                 self._producing.link(up, client)
             else:
                 client.registerProducer(up, True)

@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_streaming -*-
 """How much a stream splice reads and buffers: large pieces while its readers keep up, small
-ones once one of them falls behind.
+ones once one of them has shown it cannot.
 
 A tunnel or a large relayed body moves bytes from a producing transport (the upstream, say) to a
 consuming one (the client), with the producer registered as the consumer's streaming producer.
@@ -9,16 +9,21 @@ for writing before it pauses its producer, so a consumer that cannot keep up hol
 bound plus one read in user space, on top of the kernel's socket buffers: with 256 KiB (the
 size that makes fast streams cheap) about 350 KiB per slow reader, which a thousand slow readers
 (slowhttptest ``-X``) turn into 350 MB. A :class:`Pacing` gives the transports of one splice
-:data:`SMALL` buffers, which bound that to 64 KiB per direction, and :data:`LARGE` ones only
+:data:`SMALL` buffers, which bound that to 32 KiB per direction, and :data:`LARGE` ones only
 while every direction keeps up. Each direction is a :class:`Pacer` that its consumer sees as its
-producer: it passes pause, resume and stop on, and counts the bytes moved (told by
-:func:`fwproxy.writes.write`, through which every splice writes). A direction is *behind* once
-its consumer has paused it, until it has moved :data:`KEEP_UP` bytes since; and every
-:data:`KEEP_UP` bytes the splice asks the kernel how much each consumer's socket still holds
-unsent or unacknowledged: more than :data:`BACKLOG` means that reader is behind too. The kernel
-takes megabytes from a reader that reads nothing before the proxy's own buffer fills, so the
-count of bytes moved alone would take a slow reader for a fast one; the backlog tells them apart,
-and drops a splice back to small buffers before a reader that stopped has filled large ones.
+producer: it passes pause, resume and stop on, times each pause, and counts the bytes moved
+(told by :func:`fwproxy.writes.write`, through which every splice writes).
+
+A direction falls *behind* when its consumer took longer than :data:`SLOW_DRAIN` to drain its
+buffer (the time from pause to resume): the splice gets small buffers, and the direction must
+move :data:`KEEP_UP` bytes before it counts as keeping up again. A fast reader pauses its
+producer too, every few milliseconds on loopback, but resumes it at once: those pauses change
+nothing. Every :data:`KEEP_UP` bytes moved while small, the splice gets large buffers if no
+direction is paused or behind and no consumer's socket still holds more than :data:`BACKLOG`
+bytes unsent or unacknowledged: the kernel takes megabytes from a reader that reads nothing
+before the proxy's own buffer fills, so the count of bytes moved alone would take a slow reader
+for a fast one. So a reader that is slow from the start never gets large buffers; one that stops
+after a fast start leaves at most twice :data:`LARGE` in its buffer, and small ones afterwards.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import fcntl
 import struct
 import termios
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
@@ -40,14 +45,24 @@ LARGE = 256 * 1024
 #: this is buffered, which one read of this size can have caused, so at most twice this is
 #: buffered per direction
 SMALL = 16 * 1024
-#: bytes between two checks of the readers' kernel backlogs, and bytes a direction that was
-#: paused must move before it counts as keeping up again
+#: bytes between two checks of the readers' kernel backlogs while small, and bytes a direction
+#: that fell behind must move before it counts as keeping up again
 KEEP_UP = 1024 * 1024
-#: a reader whose socket still holds more than this (unsent or unacknowledged) is behind
-BACKLOG = 256 * 1024
+#: a reader whose socket still holds more than this (unsent or unacknowledged) is behind: one
+#: that reads nothing holds about all of the last :data:`KEEP_UP` bytes
+BACKLOG = 512 * 1024
+#: seconds: a consumer that took longer to drain its buffer (pause to resume) is a slow reader
+SLOW_DRAIN = 0.05
 #: relayed bodies larger than this (or of unknown length) are paced; a smaller one cannot fill
 #: more than this in Twisted's default 64 KiB buffers
 PACE_OVER = 64 * 1024
+
+
+class Clock(Protocol):
+    """What a :class:`Pacing` uses of the reactor."""
+
+    def seconds(self) -> float: ...
+
 
 _OUTQ = getattr(termios, "TIOCOUTQ", None)  # Linux's SIOCOUTQ
 
@@ -70,44 +85,53 @@ class Pacing:
 
     The transports get :data:`SMALL` buffers at once; :meth:`detach` gives them back the sizes
     they had. Transports without a ``bufferSize`` (TLS, test doubles) are left alone: they have
-    no buffer bound to set. ``backlog`` is :func:`kernel_backlog` unless a test says otherwise.
+    no buffer bound to set. ``clock`` times pauses (the reactor); ``backlog`` is
+    :func:`kernel_backlog` unless a test says otherwise.
     """
 
     __slots__ = (
+        "clock",
         "large",
         "small",
         "big",
         "keep_up",
         "max_backlog",
+        "slow_drain",
         "backlog",
         "_transports",
         "_sizes",
         "_pacers",
         "_due",
         "_behind",
+        "_pausing",
     )
 
     def __init__(
         self,
         transports: Iterable[Any],
+        clock: Clock,
         small: int = SMALL,
         large: int = LARGE,
         keep_up: int = KEEP_UP,
         max_backlog: int = BACKLOG,
+        slow_drain: float = SLOW_DRAIN,
         backlog: Callable[[Any], int | None] = kernel_backlog,
     ) -> None:
         self._transports = [t for t in transports if hasattr(t, "bufferSize")]
         self._sizes = [t.bufferSize for t in self._transports]
+        self.clock = clock
         self.small = small
         self.big = large
         self.keep_up = keep_up
         self.max_backlog = max_backlog
+        self.slow_drain = slow_drain
         self.backlog = backlog
         #: the transports have large buffers now
         self.large = False
         self._pacers: list[Pacer] = []
         self._due = keep_up  # bytes to move before the next check
-        self._behind = 0  # directions paused that have not moved keep_up bytes since
+        self._behind = 0  # directions that fell behind and have not moved keep_up bytes since
+        self._pausing = 0  # directions paused now
         self._set(small)
 
     def link(self, producer: Any, consumer: Any) -> Pacer:
@@ -134,7 +158,7 @@ class Pacing:
         for t in self._transports:
             t.bufferSize = size
 
-    def _paused(self, pacer: Pacer) -> None:
+    def _fell_behind(self, pacer: Pacer) -> None:
         if pacer._owed <= 0:
             self._behind += 1
         pacer._owed = self.keep_up
@@ -142,29 +166,24 @@ class Pacing:
         if self.large:
             self._set(self.small)
 
-    def _caught_up(self) -> None:
-        self._behind -= 1
-
     def _check(self) -> None:
-        """``keep_up`` bytes moved: large buffers if no direction is behind, small ones if one
-        is (paused lately, or its reader's socket holds more than ``max_backlog``)."""
+        """``keep_up`` bytes moved while small: large buffers, unless a direction is paused or
+        behind, or its reader's socket holds more than ``max_backlog``."""
         self._due = self.keep_up
-        behind = self._behind > 0
-        if not behind:
-            for pacer in self._pacers:
-                queued = self.backlog(pacer.consumer)
-                if queued is not None and queued > self.max_backlog:
-                    behind = True
-                    break
-        if behind == self.large:
-            self._set(self.small if behind else self.big)
+        if self.large or self._behind or self._pausing:
+            return
+        for pacer in self._pacers:
+            queued = self.backlog(pacer.consumer)
+            if queued is not None and queued > self.max_backlog:
+                return
+        self._set(self.big)
 
 
 @implementer(IPushProducer)
 class Pacer:
     """One direction of a :class:`Pacing`: the producer its consumer sees."""
 
-    __slots__ = ("_pacing", "producer", "consumer", "_owed")
+    __slots__ = ("_pacing", "producer", "consumer", "_owed", "_paused_at")
 
     def __init__(self, pacing: Pacing, producer: Any, consumer: Any) -> None:
         self._pacing = pacing
@@ -173,6 +192,7 @@ class Pacer:
         #: the transport written to
         self.consumer = consumer
         self._owed = 0  # bytes to move before this direction counts as keeping up again
+        self._paused_at: float | None = None
 
     def moved(self, n: int) -> None:
         """``n`` bytes were read from the producer and are being written to the consumer."""
@@ -180,17 +200,27 @@ class Pacer:
         if self._owed > 0:
             self._owed -= n
             if self._owed <= 0:
-                pacing._caught_up()
-        pacing._due -= n
-        if pacing._due <= 0:
-            pacing._check()
+                pacing._behind -= 1
+        if not pacing.large:
+            pacing._due -= n
+            if pacing._due <= 0:
+                pacing._check()
 
     # -- IPushProducer, called by the consumer ------------------------------------------------
     def pauseProducing(self) -> None:
-        self._pacing._paused(self)
+        if self._paused_at is None:
+            self._paused_at = self._pacing.clock.seconds()
+            self._pacing._pausing += 1
         self.producer.pauseProducing()
 
     def resumeProducing(self) -> None:
+        since = self._paused_at
+        if since is not None:
+            pacing = self._pacing
+            self._paused_at = None
+            pacing._pausing -= 1
+            if pacing.clock.seconds() - since > pacing.slow_drain:
+                pacing._fell_behind(self)
         self.producer.resumeProducing()
 
     def stopProducing(self) -> None:

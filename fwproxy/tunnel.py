@@ -72,7 +72,7 @@ class Tunnel:
         self.closed = False
         upstream.tunnel = self
         # each side's transport, through a pacer, is the producer of the other's
-        self.pacing = pacing = Pacing((self.client_t, self.upstream_t))
+        self.pacing = pacing = Pacing((self.client_t, self.upstream_t), txn.clock)
         pacing.link(self.client_t, self.upstream_t)
         pacing.link(self.upstream_t, self.client_t)
         self.idle = idle

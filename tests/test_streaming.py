@@ -18,6 +18,7 @@ import pytest
 from twisted.internet import tcp
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
+from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor
 from zope.interface.verify import verifyObject
 
@@ -27,6 +28,7 @@ from fwproxy.streaming import (
     KEEP_UP,
     LARGE,
     PACE_OVER,
+    SLOW_DRAIN,
     SMALL,
     Pacer,
     Pacing,
@@ -46,10 +48,17 @@ def transport(size: int | None = 65536) -> FakeTransport:
 def splice() -> tuple[FakeTransport, FakeTransport, Pacing, Pacer, Pacer]:
     """Two transports spliced both ways, as a tunnel does: ``down`` moves a's bytes to b."""
     a, b = transport(), transport()
-    pacing = Pacing((a, b))
+    pacing = Pacing((a, b), Clock())
     down = pacing.link(a, b)
     up = pacing.link(b, a)
     return a, b, pacing, down, up
+
+
+def drain(pacer: Pacer, seconds: float) -> None:
+    """The consumer's buffer fills (it pauses the pacer) and drains in ``seconds``."""
+    pacer.pauseProducing()
+    pacer._pacing.clock.advance(seconds)  # type: ignore[attr-defined]
+    pacer.resumeProducing()
 
 
 # -- the pacing on its own ---------------------------------------------------------------------
@@ -57,7 +66,7 @@ def splice() -> tuple[FakeTransport, FakeTransport, Pacing, Pacer, Pacer]:
 
 def test_transports_start_small_and_get_their_sizes_back() -> None:
     a, b, tls = transport(65536), transport(1000), transport(None)
-    pacing = Pacing((a, b, tls))
+    pacing = Pacing((a, b, tls), Clock())
     assert (a.bufferSize, b.bufferSize) == (SMALL, SMALL)  # type: ignore[attr-defined]
     assert not hasattr(tls, "bufferSize")  # nothing to bound on a transport without one
     assert not pacing.large
@@ -69,7 +78,7 @@ def test_transports_start_small_and_get_their_sizes_back() -> None:
 
 def test_pacer_is_the_consumers_push_producer_and_passes_calls_on() -> None:
     a, b = transport(), transport()
-    pacer = Pacing((a, b)).link(a, b)
+    pacer = Pacing((a, b), Clock()).link(a, b)
     verifyObject(IPushProducer, pacer)
     assert b.producer is pacer and b.streaming
     assert pacer.producer is a
@@ -81,7 +90,7 @@ def test_pacer_is_the_consumers_push_producer_and_passes_calls_on() -> None:
     assert a.producerState == "stopped"
 
 
-def test_large_once_keep_up_bytes_went_through_without_a_pause() -> None:
+def test_large_once_keep_up_bytes_went_through() -> None:
     a, b, pacing, down, _ = splice()
     down.moved(KEEP_UP - 1)
     assert not pacing.large and a.bufferSize == SMALL  # type: ignore[attr-defined]
@@ -97,34 +106,53 @@ def test_either_direction_counts_towards_the_first_switch() -> None:
     assert pacing.large
 
 
-def test_a_pause_makes_it_small_at_once() -> None:
+def test_a_quick_drain_changes_nothing() -> None:
+    # a fast reader fills its buffer too, every few milliseconds on loopback, and drains it
+    _, _, pacing, down, _ = splice()
+    drain(down, SLOW_DRAIN / 2)
+    down.moved(KEEP_UP)
+    assert pacing.large
+    for _ in range(100):
+        drain(down, SLOW_DRAIN / 2)
+    assert pacing.large
+
+
+def test_a_slow_drain_makes_it_small_until_the_direction_has_caught_up() -> None:
     a, b, pacing, down, _ = splice()
     down.moved(KEEP_UP)
     b.full = True
     writes.write(b, b"x")  # over the consumer's bound: it pauses its producer, the pacer
     assert a.producerState == "paused"
+    assert pacing.large  # nothing is known yet: it may drain at once
+    pacing.clock.advance(SLOW_DRAIN * 2)  # type: ignore[attr-defined]
+    b.drain()
+    assert a.producerState == "producing"
     assert not pacing.large
     assert (a.bufferSize, b.bufferSize) == (SMALL, SMALL)  # type: ignore[attr-defined]
-
-
-def test_a_paused_direction_must_keep_up_again_before_large() -> None:
-    _, _, pacing, down, _ = splice()
-    down.moved(KEEP_UP)
-    down.pauseProducing()
-    down.resumeProducing()  # the reader drained what was buffered: not enough by itself
-    assert not pacing.large
     down.moved(KEEP_UP - 1)
     assert not pacing.large
     down.moved(1)
     assert pacing.large
 
 
-def test_a_pause_while_behind_starts_the_count_again() -> None:
-    _, _, pacing, down, _ = splice()
+def test_a_direction_paused_now_is_not_keeping_up() -> None:
+    _, _, pacing, down, up = splice()
+    down.pauseProducing()  # a reader that reads nothing: it never drains
+    up.moved(10 * KEEP_UP)
+    assert not pacing.large
+    pacing.clock.advance(1)  # type: ignore[attr-defined]
+    down.resumeProducing()
+    up.moved(KEEP_UP)
+    assert not pacing.large  # it took long: behind
     down.moved(KEEP_UP)
-    down.pauseProducing()
+    assert pacing.large
+
+
+def test_a_slow_drain_while_behind_starts_the_count_again() -> None:
+    _, _, pacing, down, _ = splice()
+    drain(down, 1)
     down.moved(KEEP_UP - 1)
-    down.pauseProducing()  # fell behind again before it had caught up
+    drain(down, 1)  # fell behind again before it had caught up
     down.moved(KEEP_UP - 1)
     assert not pacing.large
     down.moved(1)
@@ -134,7 +162,7 @@ def test_a_pause_while_behind_starts_the_count_again() -> None:
 def test_a_slow_direction_keeps_the_splice_small_whatever_the_other_moves() -> None:
     _, _, pacing, down, up = splice()
     down.moved(KEEP_UP)
-    down.pauseProducing()  # the reader of this direction is slow
+    drain(down, 1)  # the reader of this direction is slow
     up.moved(100 * KEEP_UP)  # the other direction is busy and keeps up
     assert not pacing.large
     down.moved(KEEP_UP)
@@ -151,7 +179,7 @@ class Backlogs(dict):  # type: ignore[type-arg]
 def backlogged() -> tuple[FakeTransport, FakeTransport, Pacing, Pacer, Backlogs]:
     a, b = transport(), transport()
     queued = Backlogs()
-    pacing = Pacing((a, b), backlog=queued)
+    pacing = Pacing((a, b), Clock(), backlog=queued)
     down = pacing.link(a, b)
     pacing.link(b, a)
     return a, b, pacing, down, queued
@@ -171,15 +199,21 @@ def test_a_reader_whose_kernel_holds_what_moved_is_not_keeping_up() -> None:
     assert pacing.large
 
 
-def test_a_reader_that_stops_is_caught_by_its_backlog_before_any_pause() -> None:
+def test_large_buffers_stay_until_a_slow_drain_whatever_the_backlog() -> None:
+    # a fast reader's backlog comes and goes (often over a megabyte for a moment on loopback)
     a, b, pacing, down, queued = backlogged()
     down.moved(KEEP_UP)
     assert pacing.large
-    queued[id(b)] = BACKLOG + 1
-    down.moved(KEEP_UP - 1)
-    assert pacing.large  # checked every KEEP_UP bytes, not on every write
-    down.moved(1)
-    assert not pacing.large and a.producerState == "producing"
+    queued[id(b)] = 4 * KEEP_UP
+    down.moved(4 * KEEP_UP)
+    assert pacing.large
+    drain(down, 1)
+    assert not pacing.large and a.bufferSize == SMALL  # type: ignore[attr-defined]
+    down.moved(KEEP_UP)  # caught up by the count, but its socket is still backed up
+    assert not pacing.large
+    queued[id(b)] = 0
+    down.moved(KEEP_UP)
+    assert pacing.large
 
 
 def test_the_other_directions_backlog_counts_too() -> None:
@@ -216,7 +250,7 @@ def test_backlog_of_real_sockets() -> None:
 
 def test_sizes_can_be_chosen() -> None:
     a, b = transport(), transport()
-    pacing = Pacing((a, b), small=4096, large=8192, keep_up=10)
+    pacing = Pacing((a, b), Clock(), small=4096, large=8192, keep_up=10)
     pacer = pacing.link(a, b)
     assert a.bufferSize == 4096  # type: ignore[attr-defined]
     pacer.moved(10)
@@ -245,11 +279,12 @@ def test_tunnel_is_paced_both_ways(h: Harness) -> None:
         up.send(block)
     assert pacing.large
     assert c.take() == block * (KEEP_UP // len(block))
-    c.transport.full = True  # the client stops reading: small again, the upstream paused
+    c.transport.full = True  # the client stops reading: the upstream is paused
     up.send(b"more")
-    assert up.paused and not pacing.large
-    c.transport.drain()
-    assert not up.paused
+    assert up.paused
+    h.clock.advance(1)
+    c.transport.drain()  # ... for a second: small again
+    assert not up.paused and not pacing.large
     c.send(b"u" * KEEP_UP)  # the upload direction keeping up does not make it large ...
     assert not pacing.large
     for _ in range(KEEP_UP // len(block)):  # ... the download direction must catch up
@@ -419,7 +454,9 @@ def loop() -> Iterator[Loopback]:
 
 @pytest.fixture
 def fast() -> Iterator[Loopback]:
-    lo = Loopback()
+    # a window of its own size: the kernel acknowledges what a reader's window takes, so a
+    # reader with megabytes of window looks like a fast one until that is full
+    lo = Loopback(reader_rcvbuf=65536)
     yield lo
     lo.close()
 
@@ -444,14 +481,15 @@ def test_a_reader_that_reads_nothing_leaves_at_most_a_bound_and_a_read(
     loop: Loopback, small: int, bound: int
 ) -> None:
     # the second case is the old fixed 256 KiB: what the small buffers are for
-    Pacing((loop.producer, loop.consumer), small=small).link(loop.producer, loop.consumer)
+    pacing = Pacing((loop.producer, loop.consumer), Clock(), small=small)
+    pacing.link(loop.producer, loop.consumer)
     stall(loop)
     assert small < loop.peak <= bound
     assert buffered(loop.consumer) <= bound
 
 
 def test_a_fast_reader_gets_large_reads_and_every_byte_in_order(fast: Loopback) -> None:
-    pacing = Pacing((fast.producer, fast.consumer))
+    pacing = Pacing((fast.producer, fast.consumer), Clock())
     pacing.link(fast.producer, fast.consumer)
     turns_until(fast, lambda: fast.got_bytes >= 3 * KEEP_UP)
     assert pacing.large
@@ -464,15 +502,22 @@ def test_a_fast_reader_gets_large_reads_and_every_byte_in_order(fast: Loopback) 
 def test_a_reader_that_stops_gets_small_buffers_and_must_catch_up_for_large(
     fast: Loopback,
 ) -> None:
-    pacing = Pacing((fast.producer, fast.consumer))
+    clock = Clock()
+    pacing = Pacing((fast.producer, fast.consumer), clock)
     pacing.link(fast.producer, fast.consumer)
     turns_until(fast, lambda: pacing.large)
     stall(fast, turns=2000)  # the kernel's buffers fill first
+    assert buffered(fast.consumer) <= 2 * LARGE
+    clock.advance(1)
+    turns_until(fast, lambda: not fast.paused)  # it reads again, a second later
     assert not pacing.large
     assert fast.producer.bufferSize == SMALL == fast.consumer.bufferSize
-    for _ in range(5):
-        fast.turn(read=4096)  # it reads a little now and then: still small
+    fast.peak = 0
+    for _ in range(200):
+        fast.turn(read=4096)  # it reads a little now and then: little is left in user space
+        clock.advance(0.01)
     assert not pacing.large
+    assert fast.peak <= 2 * SMALL
     before = fast.got_bytes
     turns_until(fast, lambda: pacing.large)  # it reads everything again
     assert fast.got_bytes - before > KEEP_UP

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import pytest
 from twisted.internet import tcp
 from twisted.internet.protocol import Protocol
+from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor, StringTransport
 
 from fwproxy import writes
@@ -97,7 +98,7 @@ def test_a_pacer_is_told_what_moved() -> None:
     # a splice's consumer has a streaming.Pacer as its producer: its bytes count towards large
     # buffers, in either direction
     a, b = FakeTransport(*ADDRESSES), FakeTransport(*ADDRESSES)
-    pacing = Pacing((a, b), keep_up=100)
+    pacing = Pacing((a, b), Clock(), keep_up=100)
     pacing.link(a, b)
     pacing.link(b, a)
     writes.write(b, b"x" * 99)
