@@ -32,6 +32,7 @@ import fcntl
 import struct
 import termios
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from twisted.internet.interfaces import IPushProducer
@@ -80,71 +81,58 @@ def kernel_backlog(transport: Any) -> int | None:
     return queued
 
 
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """The sizes and thresholds of a :class:`Pacing` (the module's constants by default)."""
+
+    small: int = SMALL
+    large: int = LARGE
+    keep_up: int = KEEP_UP
+    max_backlog: int = BACKLOG
+    slow_drain: float = SLOW_DRAIN
+    #: bytes the kernel holds for a consumer's socket (``None``: unknown)
+    backlog: Callable[[Any], int | None] = kernel_backlog
+
+
+DEFAULT = Policy()
+
+
 class Pacing:
     """The buffer sizes of the transports of one splice, and its directions (:meth:`link`).
 
-    The transports get :data:`SMALL` buffers at once; :meth:`detach` gives them back the sizes
-    they had. Transports without a ``bufferSize`` (TLS, test doubles) are left alone: they have
-    no buffer bound to set. ``clock`` times pauses (the reactor); ``backlog`` is
-    :func:`kernel_backlog` unless a test says otherwise.
+    The transports get ``policy.small`` buffers at once; :meth:`detach` gives them back the
+    sizes they had. Transports without a ``bufferSize`` (TLS, test doubles) are left alone: they
+    have no buffer bound to set. ``clock`` times pauses (the reactor). One per tunnel and per
+    large relayed body, so it keeps little: the policy is shared.
     """
 
-    __slots__ = (
-        "clock",
-        "large",
-        "small",
-        "big",
-        "keep_up",
-        "max_backlog",
-        "slow_drain",
-        "backlog",
-        "_transports",
-        "_sizes",
-        "_pacers",
-        "_due",
-        "_behind",
-        "_pausing",
-    )
+    __slots__ = ("policy", "clock", "large", "_transports", "_sizes", "_pacers", "_due", "_behind",
+                 "_pausing")  # fmt: skip
 
-    def __init__(
-        self,
-        transports: Iterable[Any],
-        clock: Clock,
-        small: int = SMALL,
-        large: int = LARGE,
-        keep_up: int = KEEP_UP,
-        max_backlog: int = BACKLOG,
-        slow_drain: float = SLOW_DRAIN,
-        backlog: Callable[[Any], int | None] = kernel_backlog,
-    ) -> None:
-        self._transports = [t for t in transports if hasattr(t, "bufferSize")]
-        self._sizes = [t.bufferSize for t in self._transports]
+    def __init__(self, transports: Iterable[Any], clock: Clock, policy: Policy = DEFAULT) -> None:
+        self._transports = tuple(t for t in transports if hasattr(t, "bufferSize"))
+        self._sizes = tuple(t.bufferSize for t in self._transports)
+        self.policy = policy
         self.clock = clock
-        self.small = small
-        self.big = large
-        self.keep_up = keep_up
-        self.max_backlog = max_backlog
-        self.slow_drain = slow_drain
-        self.backlog = backlog
         #: the transports have large buffers now
         self.large = False
-        self._pacers: list[Pacer] = []
-        self._due = keep_up  # bytes to move before the next check
+        self._pacers: tuple[Pacer, ...] = ()
+        self._due = policy.keep_up  # bytes to move before the next check
         self._behind = 0  # directions that fell behind and have not moved keep_up bytes since
         self._pausing = 0  # directions paused now
-        self._set(small)
+        self._set(policy.small)
 
     def link(self, producer: Any, consumer: Any) -> Pacer:
         """Register a :class:`Pacer` for ``producer`` as ``consumer``'s streaming producer."""
         pacer = Pacer(self, producer, consumer)
-        self._pacers.append(pacer)
+        self._pacers += (pacer,)
         consumer.registerProducer(pacer, True)
         return pacer
 
     def detach(self) -> None:
         """Unregister every direction's pacer and give the transports their sizes back (a
         producer its consumer paused stays paused, as on ``unregisterProducer``)."""
-        pacers, self._pacers = self._pacers, []
+        pacers, self._pacers = self._pacers, ()
         for pacer in pacers:
             try:
                 pacer.consumer.unregisterProducer()
@@ -154,29 +142,29 @@ class Pacing:
             t.bufferSize = size
 
     def _set(self, size: int) -> None:
-        self.large = size == self.big
+        self.large = size == self.policy.large
         for t in self._transports:
             t.bufferSize = size
 
     def _fell_behind(self, pacer: Pacer) -> None:
         if pacer._owed <= 0:
             self._behind += 1
-        pacer._owed = self.keep_up
-        self._due = self.keep_up
+        pacer._owed = self._due = self.policy.keep_up
         if self.large:
-            self._set(self.small)
+            self._set(self.policy.small)
 
     def _check(self) -> None:
         """``keep_up`` bytes moved while small: large buffers, unless a direction is paused or
         behind, or its reader's socket holds more than ``max_backlog``."""
-        self._due = self.keep_up
+        policy = self.policy
+        self._due = policy.keep_up
         if self.large or self._behind or self._pausing:
             return
         for pacer in self._pacers:
-            queued = self.backlog(pacer.consumer)
-            if queued is not None and queued > self.max_backlog:
+            queued = policy.backlog(pacer.consumer)
+            if queued is not None and queued > policy.max_backlog:
                 return
-        self._set(self.big)
+        self._set(policy.large)
 
 
 @implementer(IPushProducer)
@@ -219,7 +207,7 @@ class Pacer:
             pacing = self._pacing
             self._paused_at = None
             pacing._pausing -= 1
-            if pacing.clock.seconds() - since > pacing.slow_drain:
+            if pacing.clock.seconds() - since > pacing.policy.slow_drain:
                 pacing._fell_behind(self)
         self.producer.resumeProducing()
 

@@ -60,6 +60,10 @@ class Tunnel:
     """Splices the client's stream and the upstream's, with flow control and half-close; the
     client connection's :class:`fwproxy.contracts.RawHandler` once the CONNECT succeeded."""
 
+    # one per open tunnel, which may be idle for long: no instance dict
+    __slots__ = ("txn", "upstream", "client_t", "upstream_t", "_client_eof", "_upstream_eof",
+                 "closed", "pacing", "idle")  # fmt: skip
+
     def __init__(
         self, txn: ConnectTransaction, client: Stream, upstream: TunnelUpstream, idle: Deadline
     ) -> None:

@@ -32,6 +32,7 @@ from fwproxy.streaming import (
     SMALL,
     Pacer,
     Pacing,
+    Policy,
     kernel_backlog,
 )
 from fwproxy.testing import FakeTransport, Harness, address, get
@@ -179,7 +180,7 @@ class Backlogs(dict):  # type: ignore[type-arg]
 def backlogged() -> tuple[FakeTransport, FakeTransport, Pacing, Pacer, Backlogs]:
     a, b = transport(), transport()
     queued = Backlogs()
-    pacing = Pacing((a, b), Clock(), backlog=queued)
+    pacing = Pacing((a, b), Clock(), Policy(backlog=queued))
     down = pacing.link(a, b)
     pacing.link(b, a)
     return a, b, pacing, down, queued
@@ -250,7 +251,7 @@ def test_backlog_of_real_sockets() -> None:
 
 def test_sizes_can_be_chosen() -> None:
     a, b = transport(), transport()
-    pacing = Pacing((a, b), Clock(), small=4096, large=8192, keep_up=10)
+    pacing = Pacing((a, b), Clock(), Policy(small=4096, large=8192, keep_up=10))
     pacer = pacing.link(a, b)
     assert a.bufferSize == 4096  # type: ignore[attr-defined]
     pacer.moved(10)
@@ -481,7 +482,7 @@ def test_a_reader_that_reads_nothing_leaves_at_most_a_bound_and_a_read(
     loop: Loopback, small: int, bound: int
 ) -> None:
     # the second case is the old fixed 256 KiB: what the small buffers are for
-    pacing = Pacing((loop.producer, loop.consumer), Clock(), small=small)
+    pacing = Pacing((loop.producer, loop.consumer), Clock(), Policy(small=small))
     pacing.link(loop.producer, loop.consumer)
     stall(loop)
     assert small < loop.peak <= bound

@@ -16,7 +16,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor, StringTransport
 
 from fwproxy import writes
-from fwproxy.streaming import Pacing
+from fwproxy.streaming import Pacing, Policy
 from fwproxy.testing import FakeTransport, address
 
 ADDRESSES = (address("127.0.0.1", 1), address("127.0.0.1", 2))
@@ -98,7 +98,7 @@ def test_a_pacer_is_told_what_moved() -> None:
     # a splice's consumer has a streaming.Pacer as its producer: its bytes count towards large
     # buffers, in either direction
     a, b = FakeTransport(*ADDRESSES), FakeTransport(*ADDRESSES)
-    pacing = Pacing((a, b), Clock(), keep_up=100)
+    pacing = Pacing((a, b), Clock(), Policy(keep_up=100))
     pacing.link(a, b)
     pacing.link(b, a)
     writes.write(b, b"x" * 99)
