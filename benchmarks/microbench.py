@@ -1,7 +1,7 @@
 """The proxy's own cost per relayed request, without sockets: a client protocol and a pooled
 upstream protocol on in-memory transports, driven through N keep-alive GETs.
 
-    python benchmarks/microbench.py [N] [--profile]
+    python benchmarks/microbench.py [N] [--profile | --once]
 
 Prints microseconds of CPU per request. This is the Python-side cost (parsing, filters, header
 policy, logging, framing) that the socket benchmarks in ./run add system calls to; it is far
@@ -94,6 +94,8 @@ if __name__ == "__main__":
 
         cProfile.run("run(n)", "/tmp/microbench.prof")
         pstats.Stats("/tmp/microbench.prof").sort_stats("tottime").print_stats(25)
+    elif "--once" in sys.argv:  # for benchmarks/instructions (valgrind): one pass, no timing
+        run(n)
     else:
         best = min(run(n) for _ in range(3))
         print(f"{best:.1f} us of CPU per relayed request (best of 3 x {n})")

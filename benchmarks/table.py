@@ -22,13 +22,29 @@ from dataclasses import dataclass, field
 
 FLAG_SPREAD_PCT = 15.0
 FLAG = "⚠"
-ORDER = ["direct", "fwproxy", "fwproxy-workers", "squid", "tinyproxy", "proxy.py", "mitmproxy"]
-HEAD = {"direct": "no proxy", "fwproxy-workers": "fwproxy --workers auto"}
+ORDER = [
+    "direct",
+    "fwproxy",
+    "fwproxy-compiled",
+    "fwproxy-workers",
+    "squid",
+    "tinyproxy",
+    "proxy.py",
+    "mitmproxy",
+]
+HEAD = {
+    "direct": "no proxy",
+    "fwproxy-compiled": "fwproxy compiled (mypyc)",
+    "fwproxy-workers": "fwproxy --workers auto",
+}
 # (numerator, denominator) column pairs shown as ratios, when both were measured
 PEER_RATIOS = [
     ("fwproxy", "squid"),
     ("fwproxy", "proxy.py"),
     ("fwproxy", "mitmproxy"),
+    ("fwproxy-compiled", "fwproxy"),
+    ("fwproxy-compiled", "squid"),
+    ("fwproxy-compiled", "proxy.py"),
     ("fwproxy-workers", "squid"),
 ]
 

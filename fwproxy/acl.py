@@ -3,13 +3,16 @@
 
 Named ACLs, each of one type, and an ordered list of rules ``allow|deny NAME [!NAME ...]``:
 the first rule whose ACLs all match decides; no match means deny. Types: ``src``, ``dst``,
-``dstdomain``, ``dstdom_regex``, ``port``, ``method``, ``url_regex``, ``time``, ``proxy_auth``.
+``dstdomain``, ``dstdom_regex``, ``port``, ``method``, ``url_regex``, ``time``, ``proxy_auth``,
+``client_cert``, ``ssl_sni``.
 Predefined: ``all``, and the destination sets ``to_localhost``, ``to_linklocal``, ``to_private``.
 
 Parsing turns configuration values into matchers once, raising :class:`AclError` naming the bad
-value; matching is then pure: :meth:`AccessPolicy.check` takes an :class:`AclContext`. A ``dst``
+value; matching is then pure: :meth:`fwproxy.rules.AccessPolicy.check` takes an :class:`AclContext`. A ``dst``
 ACL needs the destination's resolved addresses: when a rule reaches one before they are known,
-``check`` raises :class:`NeedAddresses` so the caller can resolve and ask again.
+``check`` raises :class:`NeedAddresses` so the caller can resolve and ask again. Likewise an
+``ssl_sni`` ACL reached while a peeked tunnel's ClientHello is still to come raises
+:class:`NeedSni`: the caller lets the tunnel reach its ClientHello and asks again then.
 """
 
 from __future__ import annotations
@@ -37,6 +40,24 @@ class NeedCredentials(Exception):
     """A rule needs the authenticated user, and authentication has not been tried yet."""
 
 
+@dataclass(frozen=True, slots=True)
+class ClientCert:
+    """A client certificate verified by a TLS listener, as the ACLs and the log see it:
+    ``name`` is the identity logged (the subject CN, else the first SAN DNS name), ``names``
+    what a ``client_cert`` ACL matches (the CN and every SAN DNS name, lower case)."""
+
+    name: str
+    names: tuple[str, ...]
+
+
+#: the key of ``Request.notes`` holding the connection's verified :class:`ClientCert`
+CLIENT_CERT_NOTE = "fwproxy.client_cert"
+
+
+class NeedSni(Exception):
+    """A rule needs the TLS server name of a tunnel whose ClientHello has not arrived yet."""
+
+
 #: a transport's or resolver's host string as an address (IPv4-mapped IPv6 becomes IPv4)
 client_ip = parse_ip
 
@@ -61,6 +82,12 @@ class AclContext:
     auth_pending: bool = False
     #: the proxy's listening ``(host, port)`` pairs, for ``to_self``
     listening: Sequence[tuple[str, int]] = ()
+    #: the client certificate a TLS listener verified on this connection, if any
+    client_cert: ClientCert | None = None
+    #: a peeked tunnel's TLS server name ("" when its ClientHello named none); None otherwise
+    sni: str | None = None
+    #: the ClientHello is still to come: an ``ssl_sni`` ACL raises NeedSni
+    sni_pending: bool = False
 
 
 class Acl:
@@ -185,7 +212,7 @@ class DstDomainAcl(Acl):
         for v in _strings(name, self.kind, values):
             d = v.strip().lower().rstrip(".")
             if not d or any(c.isspace() for c in d):
-                raise AclError(f"acl.{name}.dstdomain: {v!r} is not a domain")
+                raise AclError(f"acl.{name}.{self.kind}: {v!r} is not a domain")
             if d.startswith("."):
                 exact.add(d[1:])
                 suffixes.append(d)
@@ -345,6 +372,35 @@ class ProxyAuthAcl(Acl):
         return bool(ctx.user) and (self.any_user or ctx.user in self.users)
 
 
+class ClientCertAcl(Acl):
+    """Matches a verified client certificate by its subject CN or SAN DNS names, written as
+    ``dstdomain`` values (``.example.com``: the domain and its subdomains); never a connection
+    without one (a plain listener, or no certificate sent)."""
+
+    kind = "client_cert"
+
+    def __init__(self, name: str, values: object) -> None:
+        super().__init__(name)
+        exact, suffixes = set(), []
+        for v in _strings(name, self.kind, values):
+            n = v.strip().lower().rstrip(".")
+            if not n or n == "." or any(c in n for c in "\r\n\t"):
+                raise AclError(f"acl.{name}.client_cert: {v!r} is not a certificate name")
+            if n.startswith("."):
+                exact.add(n[1:])
+                suffixes.append(n)
+            else:
+                exact.add(n)
+        self.exact = frozenset(exact)
+        self.suffixes = tuple(suffixes)
+
+    def match(self, ctx: AclContext) -> bool:
+        cert = ctx.client_cert
+        if cert is None:
+            return False
+        return any(n in self.exact or n.endswith(self.suffixes) for n in cert.names)
+
+
 ACL_TYPES: dict[str, type[Acl]] = {
     cls.kind: cls
     for cls in (
@@ -357,6 +413,7 @@ ACL_TYPES: dict[str, type[Acl]] = {
         UrlRegexAcl,
         TimeAcl,
         ProxyAuthAcl,
+        ClientCertAcl,
     )
 }
 
@@ -406,76 +463,23 @@ def make_acl(name: str, kind: str, values: object) -> Acl:
     return cls(name, values)  # type: ignore[call-arg]
 
 
-@dataclass(frozen=True)
-class Rule:
-    """``allow`` or ``deny`` when every term matches; a term is ``(acl, negated)``."""
-
-    allow: bool
-    terms: tuple[tuple[Acl, bool], ...]
-    text: str
-
-    @property
-    def needs_addresses(self) -> bool:
-        return any(acl.needs_addresses for acl, _ in self.terms)
-
-    def matches(self, ctx: AclContext) -> bool:
-        for acl, negated in self.terms:
-            if acl.match(ctx) == negated:
-                return False
-        return True
+#: ``Request.notes`` keys: a peeked tunnel's server name ("" if none), for ``ssl_sni`` ACLs;
+#: True when the rules postponed a CONNECT to its ClientHello (see :mod:`fwproxy.peek`)
+SNI_NOTE, SNI_POSTPONED = "fwproxy.sni", "fwproxy.sni_postponed"
 
 
-def parse_rule(text: str, acls: dict[str, Acl], where: str = "access.rules") -> Rule:
-    """Parse ``"allow|deny [!]NAME ..."`` against the defined ACLs."""
-    words = text.split()
-    if not words or words[0] not in ("allow", "deny"):
-        raise AclError(f'{where}: {text!r} must start with "allow" or "deny"')
-    if len(words) == 1:
-        raise AclError(f'{where}: {text!r} names no ACL (write "{words[0]} all")')
-    named = [(w[1:], True) if w.startswith("!") else (w, False) for w in words[1:]]
-    missing = [name for name, _ in named if name not in acls]
-    if missing:
-        which = "ACL" if len(missing) == 1 else "ACLs"
-        are = "is" if len(missing) == 1 else "are"
-        listed = ", ".join(map(repr, missing))
-        raise AclError(f"{where}: {text!r} uses {which} {listed}, which {are} not defined")
-    terms = tuple((acls[name], negated) for name, negated in named)
-    return Rule(words[0] == "allow", terms, " ".join(words))
+class SslSniAcl(DstDomainAcl):
+    """``ssl_sni``: a peeked tunnel's ClientHello server name, with ``dstdomain``'s values. Never
+    matches a relayed request, nor a hello without a name; raises :class:`NeedSni` before the
+    ClientHello (``ctx.sni_pending``): the rule is decided when it arrives."""
+
+    kind = "ssl_sni"
+
+    def match(self, ctx: AclContext) -> bool:
+        if ctx.sni_pending:
+            raise NeedSni(self.name)
+        sni = (ctx.sni or "").lower().rstrip(".")
+        return bool(sni) and (sni in self.exact or sni.endswith(self.suffixes))
 
 
-def _restricts_source(acl: Acl) -> bool:
-    if acl.kind == "src":
-        return all(n.prefixlen for n in acl.networks)  # type: ignore[attr-defined]
-    return acl.kind == "proxy_auth"
-
-
-class AccessPolicy:
-    """An ordered list of rules; the first match decides, no match denies."""
-
-    def __init__(self, rules: Sequence[Rule]) -> None:
-        self.rules = tuple(rules)
-        self.needs_addresses = any(r.needs_addresses for r in self.rules)
-
-    def check(self, ctx: AclContext) -> Rule | None:
-        """The deciding rule (``rule.allow`` says allow), or ``None``: no rule matched, deny.
-
-        :raise NeedAddresses: a rule reached needs ``ctx.addresses`` and it is ``None``.
-        """
-        for rule in self.rules:
-            if rule.matches(ctx):
-                return rule
-        return None
-
-    def allows(self, ctx: AclContext) -> bool:
-        rule = self.check(ctx)
-        return rule is not None and rule.allow
-
-    def open_rules(self) -> list[Rule]:
-        """``allow`` rules that admit clients from any source: no ``src`` or ``proxy_auth`` ACL
-        among their non-negated terms (the open-proxy mistake). A ``src`` ACL with a ``/0``
-        network (squid's old ``acl all src 0.0.0.0/0``) restricts nothing and does not count."""
-        return [
-            r
-            for r in self.rules
-            if r.allow and not any(not neg and _restricts_source(acl) for acl, neg in r.terms)
-        ]
+ACL_TYPES[SslSniAcl.kind] = SslSniAcl

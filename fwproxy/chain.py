@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from mypy_extensions import mypyc_attr
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
@@ -22,6 +23,7 @@ from fwproxy.interfaces import (
     IRequestFilter,
     IResponseFilter,
     ITransactionObserver,
+    IUpstreamSelector,
 )
 
 Hook = Callable[..., Any]
@@ -76,6 +78,7 @@ def _hooks(filters: Sequence[object], interface: Any, name: str) -> tuple[Hook, 
     return tuple(getattr(f, name) for f in filters if interface.providedBy(f))
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class FilterChain:
     """The hooks of a list of filters, sorted by interface once, in configuration order."""
 
@@ -88,3 +91,4 @@ class FilterChain:
         self.destination = _hooks(filters, IDestinationCheck, "checkDestination")
         self.observers = _hooks(filters, ITransactionObserver, "transactionFinished")
         self.lifecycle = tuple(f for f in filters if IFilterLifecycle.providedBy(f))
+        self.upstream = _hooks(filters, IUpstreamSelector, "selectUpstream")

@@ -22,6 +22,7 @@ from twisted.python import usage
 from twisted.scripts.twistd import ServerOptions, runApp
 
 from fwproxy import __version__
+from fwproxy import protocol as _request_path  # noqa: F401  (for compiled_modules)
 from fwproxy.config import ConfigError, load
 
 #: what ``fwproxy run`` hands to twistd as its sub-command (as the dropin does for ``twistd``)
@@ -82,9 +83,33 @@ def check_config(path: str | None, strict: bool = False) -> int:
     return 0
 
 
+def compiled_modules() -> list[str]:
+    """The modules of the request path running as compiled code (the optional mypyc build:
+    see setup.py); empty for the pure-Python build."""
+    return sorted(
+        name
+        for name, module in list(sys.modules.items())
+        if name.startswith("fwproxy.")
+        and (getattr(module, "__file__", None) or "").endswith((".so", ".pyd"))
+    )
+
+
+class _Version(argparse.Action):
+    """``--version``: the version and which build (looked up only when asked)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="show the version and build, exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
+        n = len(compiled_modules())
+        build = f"compiled build ({n} modules, mypyc)" if n else "pure-Python build"
+        print(f"fwproxy {__version__} ({build})")
+        parser.exit()
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fwproxy", description="fwproxy, a forward HTTP proxy")
-    parser.add_argument("--version", action="version", version=f"fwproxy {__version__}")
+    parser.add_argument("--version", action=_Version)
     sub = parser.add_subparsers(dest="command", required=True)
     cc = sub.add_parser("check-config", help="validate a configuration file and exit")
     cc.add_argument("file", nargs="?", help="the TOML file (default: the embedded default)")

@@ -18,8 +18,12 @@ from importlib import resources
 from typing import Any
 
 from fwproxy import configcheck as check
-from fwproxy.acl import AccessPolicy, Acl, predefined
+from fwproxy.acl import Acl, predefined
 from fwproxy.configcheck import Problems
+from fwproxy.parents import Parent
+from fwproxy.routing import RoutingRule
+from fwproxy.rules import AccessPolicy
+from fwproxy.tls import check_listener, is_ssl
 from fwproxy.twisted_private import endpoint_port
 
 DEFAULT_NAME = "<default>"
@@ -40,7 +44,8 @@ class Timeouts:
     connection with no request; ``upstream_first_byte``: from the request sent to the first
     byte of the response; ``read``: no byte either way in the middle of a relayed transaction;
     ``tunnel_idle``: no byte either way in a CONNECT tunnel; ``drain``: on SIGTERM, how long
-    transactions in flight may take to finish before they are cut."""
+    transactions in flight may take to finish before they are cut; ``client_hello``: from a
+    peeked tunnel's ``200`` to the end of the client's TLS ClientHello."""
 
     connect: float = 10.0
     request_header: float = 30.0
@@ -49,6 +54,7 @@ class Timeouts:
     read: float = 900.0
     tunnel_idle: float = 900.0
     drain: float = 25.0
+    client_hello: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -93,6 +99,34 @@ class AuthConfig:
 
 
 @dataclass(frozen=True)
+class TlsConfig:
+    """``[tls]``: for ``ssl:`` listeners, ``client_ca_file`` (PEM) signs the client
+    certificates the listeners ask for and verify (none asked for without it); with
+    ``client_cert = "optional"`` a client may connect without one, with ``"required"`` its
+    handshake fails. The key and certificate are the ``ssl:`` endpoint's own parameters.
+    For the TLS the proxy originates (``https://`` origins, parents with ``tls = true``),
+    ``ca_file`` (PEM) holds the CA certificates trusted instead of the system trust store: it
+    names the upstream trust store only."""
+
+    client_ca_file: str | None = None
+    client_cert: str = "optional"
+    ca_file: str | None = None
+
+
+@dataclass(frozen=True)
+class TunnelConfig:
+    """``[tunnel]``: ``peek_ports``, the CONNECT ports whose client's TLS ClientHello is read
+    before splicing (:mod:`fwproxy.peek`); ``sni_mismatch``, what to do with a CONNECT to a
+    host name whose ClientHello names another server (``"deny"``, ``"log"``: allow with a
+    warning, ``"allow"``); ``ech``, whether a ClientHello with Encrypted Client Hello is let
+    through (``"allow"``) or not (``"deny"``)."""
+
+    peek_ports: frozenset[int] = frozenset({443})
+    sni_mismatch: str = "deny"
+    ech: str = "allow"
+
+
+@dataclass(frozen=True)
 class FilterSpec:
     """One ``[[filters]]`` entry: a filter's name and its options table."""
 
@@ -108,12 +142,20 @@ class Config:
     timeouts: Timeouts = Timeouts()
     limits: Limits = Limits()
     pool: PoolConfig = PoolConfig()
+    tunnel: TunnelConfig = TunnelConfig()
     acls: Mapping[str, Acl] = field(default_factory=predefined)
     access: AccessPolicy = field(default_factory=lambda: AccessPolicy([]))
     headers: Mapping[str, Any] = field(default_factory=lambda: {"forwarded_for": "delete"})
     log: Mapping[str, Any] = field(default_factory=lambda: {"access": "-", "format": "squid"})
     filters: tuple[FilterSpec, ...] = ()
     auth: AuthConfig | None = None
+    tls: TlsConfig = TlsConfig()
+    #: ``[parents.NAME]``, by name
+    parents: Mapping[str, Parent] = field(default_factory=dict)
+    #: ``[routing] rules``
+    routing: tuple[RoutingRule, ...] = ()
+    #: ``[proxy] watch_config``: reload when the file changes (a ConfigMap's symlink swap)
+    watch_config: bool = False
     source: str = DEFAULT_NAME
     warnings: tuple[str, ...] = ()
 
@@ -140,25 +182,35 @@ _SECTIONS = (
     "timeouts",
     "limits",
     "pool",
+    "tunnel",
     "auth",
+    "tls",
     "acl",
     "access",
     "headers",
     "log",
     "filters",
+    "parents",
+    "routing",
 )
 
 
 def validate_endpoint(description: str) -> str | None:
     """What is wrong with the server endpoint string ``description`` (e.g. ``tcp:3128``), or
     None; nothing is listened on."""
-    from twisted.internet.endpoints import serverFromString
+    from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromString
     from twisted.internet.testing import MemoryReactor
 
+    if is_ssl(description):  # fwproxy's own TLS listener: its files are read, as to listen
+        return check_listener(description)
     try:
         endpoint = serverFromString(MemoryReactor(), description)
     except Exception as e:  # noqa: BLE001 - Twisted raises several types for bad strings
+        if description.startswith("systemd:") and isinstance(e, (IndexError, KeyError)):
+            return "no such socket was passed by systemd (socket activation: LISTEN_FDS)"
         return str(e) or type(e).__name__
+    if isinstance(endpoint, AdoptedStreamServerEndpoint):
+        return None  # systemd's socket: listening on it, even on a MemoryReactor, closes it
     # TCP and TLS endpoints, also behind haproxy:; Twisted checks the port only at listen()
     port = endpoint_port(endpoint)
     if isinstance(port, int) and not 0 <= port <= 65535:
@@ -175,14 +227,18 @@ def parse(data: Mapping[str, Any], source: str = DEFAULT_NAME, text: str = "") -
     listen = _listen(p, check.table(p, data, "proxy"))
     if listen:
         kwargs["listen"] = listen
+    watch = check.boolean(p, "proxy.watch_config", check.table(p, data, "proxy"))
+    if watch is not None:
+        kwargs["watch_config"] = watch
     for key, cls in (("timeouts", Timeouts), ("limits", Limits), ("pool", PoolConfig)):
         kwargs[key] = cls(**check.numbers(p, key, check.table(p, data, key), cls))
+    kwargs["tunnel"] = TunnelConfig(**check.tunnel(p, check.table(p, data, "tunnel")))
     acls = check.acls(p, check.table(p, data, "acl"))
     kwargs["acls"] = acls
     kwargs["access"] = check.access(p, check.table(p, data, "access"), acls)
     kwargs["warnings"] = tuple(check.warnings(source, kwargs["access"]))
+    here = None if source == DEFAULT_NAME else os.path.dirname(os.path.abspath(source))
     if "auth" in data:
-        here = None if source == DEFAULT_NAME else os.path.dirname(os.path.abspath(source))
         fields = list(AuthConfig.__dataclass_fields__)
         kwargs["auth"] = AuthConfig(**check.auth(p, check.table(p, data, "auth"), fields, here))
     else:
@@ -191,6 +247,18 @@ def parse(data: Mapping[str, Any], source: str = DEFAULT_NAME, text: str = "") -
             p.add(
                 f"acl.{needing[0]}", 'a proxy_auth ACL needs an [auth] section (htpasswd = "PATH")'
             )
+    tls_fields = list(TlsConfig.__dataclass_fields__)
+    kwargs["tls"] = tls = TlsConfig(**check.tls(p, check.table(p, data, "tls"), tls_fields, here))
+    needing = [a.name for a in acls.values() if a.kind == "client_cert"]
+    if needing and not tls.client_ca_file:
+        p.add(
+            f"acl.{needing[0]}",
+            "a client_cert ACL needs [tls] client_ca_file (the CA of the client certificates)",
+        )
+    declared = check.table(p, data, "parents")
+    kwargs["parents"] = parents = check.parents(p, declared, here)
+    routing = check.table(p, data, "routing")
+    kwargs["routing"] = check.routing(p, routing, acls, parents, set(declared))
     kwargs["headers"] = dict(check.table(p, data, "headers")) or {"forwarded_for": "delete"}
     kwargs["log"] = {"access": "-", "format": "squid", **check.table(p, data, "log")}
     entries = check.filters(p, data.get("filters", []))
@@ -204,7 +272,7 @@ def parse(data: Mapping[str, Any], source: str = DEFAULT_NAME, text: str = "") -
 
 def _listen(p: Problems, proxy: Mapping[str, Any]) -> tuple[str, ...]:
     """``[proxy] listen``: every endpoint string that is not valid is reported."""
-    check.unknown(p, "proxy", proxy, ("listen",))
+    check.unknown(p, "proxy", proxy, ("listen", "watch_config"))
     if "listen" not in proxy:
         return ()
     listen = proxy["listen"]

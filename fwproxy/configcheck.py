@@ -16,21 +16,17 @@ import ipaddress
 import math
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-from fwproxy.acl import (
-    AccessPolicy,
-    Acl,
-    AclError,
-    DstAcl,
-    IPNetwork,
-    Rule,
-    make_acl,
-    parse_rule,
-    predefined,
-)
+from fwproxy.acl import Acl, AclError, DstAcl, IPNetwork, make_acl, predefined
 from fwproxy.auth import HtpasswdChecker, HtpasswdError
+from fwproxy.origination import TrustStoreError
+from fwproxy.origination import load_certificates as load_trust_store
+from fwproxy.parents import Parent, ParentError, parse_address, read_credentials
+from fwproxy.routing import RoutingRule, parse_routing_rule
+from fwproxy.rules import AccessPolicy, Rule, parse_rule
+from fwproxy.tls import CLIENT_CERT_MODES, TLSError, load_certificates
 from fwproxy.tomllines import Path, key_lines
 
 _ACL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
@@ -112,6 +108,16 @@ def integer(p: Problems, key: str, value: object, minimum: int = 1) -> int | Non
         p.add(key, f"must be at least {minimum}, got {value!r}")
         return None
     return value
+
+
+def boolean(p: Problems, key: str, section: Mapping[str, Any]) -> bool | None:
+    """The value of ``key`` (``"section.name"``) in ``section`` if it is true or false; None
+    when it is absent or reported."""
+    value = section.get(key.rpartition(".")[2])
+    if value is None or isinstance(value, bool):
+        return value
+    p.add(key, f"expected true or false, got {value!r}")
+    return None
 
 
 def unknown(p: Problems, prefix: str, table: Mapping[str, Any], known: Sequence[str]) -> None:
@@ -308,6 +314,86 @@ def auth(
     return values
 
 
+def tls(
+    p: Problems, section: Mapping[str, Any], fields: Sequence[str], directory: str | None
+) -> dict[str, Any]:
+    """The valid values of ``[tls]`` (``fields``: its keys). ``client_ca_file`` and
+    ``ca_file`` are read once to check that they hold certificates; a relative path is relative
+    to ``directory``."""
+    unknown(p, "tls", section, fields)
+    values: dict[str, Any] = {}
+    if "client_ca_file" in section:
+        path = section["client_ca_file"]
+        if not isinstance(path, str) or not path or any(c in path for c in "\r\n\0"):
+            p.add("tls.client_ca_file", "expected the path of a PEM file of CA certificates")
+        else:
+            if directory is not None:
+                path = os.path.join(directory, path)  # an absolute path stays what it is
+            try:
+                load_certificates(path, "client_ca_file")
+                values["client_ca_file"] = path
+            except TLSError as e:
+                p.add("tls.client_ca_file", str(e))
+    if "client_cert" in section:
+        mode = section["client_cert"]
+        if mode not in CLIENT_CERT_MODES:
+            choices = " or ".join(f'"{m}"' for m in CLIENT_CERT_MODES)
+            p.add("tls.client_cert", f"expected {choices}, got {mode!r}")
+        elif "client_ca_file" not in section:
+            p.add("tls.client_cert", "needs tls.client_ca_file (the CA that signs client certs)")
+        else:
+            values["client_cert"] = mode
+    if "ca_file" in section:
+        path = section["ca_file"]
+        if not isinstance(path, str) or not path or any(c in path for c in "\r\n\0"):
+            p.add("tls.ca_file", "expected the path of a PEM file of CA certificates")
+        else:
+            if directory is not None:
+                path = os.path.join(directory, path)  # an absolute path stays what it is
+            try:
+                load_trust_store(path)
+                values["ca_file"] = path
+            except TrustStoreError as e:
+                p.add("tls.ca_file", str(e))
+    return values
+
+
+#: ``[tunnel]`` keys whose value is one of a few words, and the words
+TUNNEL_CHOICES = {"sni_mismatch": ("deny", "log", "allow"), "ech": ("allow", "deny")}
+
+
+def tunnel(p: Problems, section: Mapping[str, Any]) -> dict[str, Any]:
+    """The valid values of ``[tunnel]``: ``peek_ports`` (a list of ports, possibly empty) and
+    the words of :data:`TUNNEL_CHOICES`."""
+    unknown(p, "tunnel", section, ("peek_ports", *TUNNEL_CHOICES))
+    values: dict[str, Any] = {}
+    if "peek_ports" in section:
+        ports = section["peek_ports"]
+        if not isinstance(ports, list):
+            p.add("tunnel.peek_ports", f"expected a list of ports like [443], got {ports!r}")
+        else:
+            good = set()
+            for i, port in enumerate(ports):
+                if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+                    p.add(
+                        "tunnel.peek_ports",
+                        f"{port!r} is not a port (1-65535)",
+                        ("tunnel", "peek_ports", i),
+                    )
+                else:
+                    good.add(port)
+            values["peek_ports"] = frozenset(good)
+    for key, words in TUNNEL_CHOICES.items():
+        if key in section:
+            v = section[key]
+            if v not in words:
+                listed = " or ".join(f'"{w}"' for w in words)
+                p.add(f"tunnel.{key}", f"expected {listed}, got {v!r}")
+            else:
+                values[key] = v
+    return values
+
+
 def filters(p: Problems, entries: object) -> list[tuple[int, str, dict[str, Any]]]:
     """The ``[[filters]]`` entries that have a name: ``(index, name, options)``."""
     if not isinstance(entries, list):
@@ -328,3 +414,104 @@ def filters(p: Problems, entries: object) -> list[tuple[int, str, dict[str, Any]
             options = {}
         found.append((i, entry["name"], dict(options)))
     return found
+
+
+_PARENT_KEYS = (
+    "address",
+    "tls",
+    "credentials_file",
+    "credentials_env",
+    "max_failures",
+    "retry_after",
+)
+
+
+def parents(
+    p: Problems, section: Mapping[str, Any], directory: str | None, env: Any = os.environ
+) -> dict[str, Parent]:
+    """The valid ``[parents.NAME]`` tables. Credentials are read here (a relative
+    ``credentials_file`` is relative to ``directory``); their problems are named, never their
+    contents."""
+    found: dict[str, Parent] = {}
+    for name, spec in section.items():
+        key, at = f"parents.{name}", ("parents", name)
+        if not _ACL_NAME.match(name):
+            p.add(key, "parent names are letters, digits, '_', '-' and '.'", at)
+            continue
+        if not isinstance(spec, Mapping):
+            p.add(key, 'expected a table, e.g. address = "proxy.example:3128"', at)
+            continue
+        problems: list[tuple[str, str]] = []  # (key, problem)
+        unknown(p, key, spec, _PARENT_KEYS)
+        values: dict[str, Any] = {}
+        address = spec.get("address")
+        if address is None:
+            problems.append(("", 'needs address = "host:port"'))
+        elif not isinstance(address, str):
+            problems.append(("address", f'expected "host:port", got {address!r}'))
+        else:
+            try:
+                values["host"], values["port"] = parse_address(address)
+            except ParentError as e:
+                problems.append(("address", str(e).partition(": ")[2]))
+        if "tls" in spec:
+            if isinstance(spec["tls"], bool):
+                values["tls"] = spec["tls"]
+            else:
+                problems.append(("tls", f"expected true or false, got {spec['tls']!r}"))
+        if "max_failures" in spec:
+            values["max_failures"] = integer(p, f"{key}.max_failures", spec["max_failures"], 1)
+        if "retry_after" in spec:
+            values["retry_after"] = number(p, f"{key}.retry_after", spec["retry_after"])
+        sources: dict[str, str] = {}
+        for k in ("credentials_file", "credentials_env"):
+            v = spec.get(k)
+            if v is None:
+                continue
+            if not isinstance(v, str) or not v or any(c in v for c in "\r\n\0"):
+                problems.append((k, "expected a non-empty one-line string"))
+            elif k == "credentials_file" and directory is not None:
+                sources[k] = os.path.join(directory, v)  # an absolute path stays what it is
+            else:
+                sources[k] = v
+        try:
+            values["credentials"] = read_credentials(
+                sources.get("credentials_file"), sources.get("credentials_env"), env
+            )
+        except ParentError as e:
+            k, _, message = str(e).partition(": ")
+            problems.append((k, message))
+        for k, message in problems:
+            p.add(f"{key}.{k}" if k else key, message, at + (k,) if k else at)
+        reported = any(values.get(k, 1) is None for k in ("max_failures", "retry_after"))
+        if not problems and not reported:
+            found[name] = Parent(name, **values)
+    return found
+
+
+def routing(
+    p: Problems,
+    section: Mapping[str, Any],
+    acls: Mapping[str, Acl],
+    defined: Mapping[str, Parent],
+    declared: Collection[str] = (),
+) -> tuple[RoutingRule, ...]:
+    """The ``[routing] rules``; each bad rule is reported at its own line. A rule naming a
+    parent that is ``declared`` (a ``[parents.NAME]`` table) but has a problem of its own is
+    not reported again."""
+    unknown(p, "routing", section, ("rules",))
+    texts = section.get("rules", [])
+    if not isinstance(texts, list) or not all(isinstance(r, str) for r in texts):
+        p.add("routing.rules", 'expected a list of strings like "parent NAME all"')
+        return ()
+    rules = []
+    for i, text in enumerate(texts):
+        try:
+            rules.append(parse_routing_rule(text, acls, defined))
+        except AclError as e:
+            words = text.split()
+            names = words[1].split(",") if len(words) > 1 and words[0] == "parent" else []
+            if any(n in declared and n not in defined for n in names):
+                continue
+            p.add_error(e, "routing.rules", ("routing", "rules", i))
+    return tuple(rules)

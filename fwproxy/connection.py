@@ -13,11 +13,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from mypy_extensions import mypyc_attr
+from twisted.internet import tcp
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from zope.interface import implementer
 
-from fwproxy import writes
+from fwproxy import tls, writes
+from fwproxy.acl import ClientCert
 from fwproxy.admission import Admission
 from fwproxy.contracts import PauseReason, ProxyServices, RawHandler, Stream
 from fwproxy.gate import ConnectionGate
@@ -44,6 +47,7 @@ class _ReasonProducer:
         self._proto.stream.loseConnection()
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class ClientConnectionBase(Protocol):
     """Admission, identification, flow control and closing of one client connection."""
 
@@ -57,6 +61,8 @@ class ClientConnectionBase(Protocol):
         self.upstream_producer = _ReasonProducer(self, "upstream")
         self.client: tuple[str, int] = ("", 0)
         self.local: tuple[str, int] = ("", 0)
+        #: the client certificate a TLS listener verified (known from the first bytes on)
+        self.client_cert: ClientCert | None = None
         self._pauses = 0  # a bit per reason (see _REASONS)
         self._read_closed = False
         self._closing = False
@@ -120,7 +126,12 @@ class ClientConnectionBase(Protocol):
         the bytes may be read now."""
         self._identified = True
         before = self.client[0]
-        self._address()
+        if type(self.transport) is not tcp.Server:
+            # a wrapper (PROXY protocol) knows the real addresses only now; a plain TCP
+            # connection's are those of connectionMade (spares a getsockname per connection)
+            self._address()
+            # a TLS listener's handshake is over by now: its verified client certificate
+            self.client_cert = tls.client_cert(self.transport)
         if self.client[0] != before:
             # a PROXY-protocol header named the real client: count it, not the balancer
             refusal = self.admission.recount(self, self.client[0])

@@ -8,7 +8,7 @@ request from its head to its end. It is given two handles and may use nothing el
   client, pause and resume reading from it by named reason, its deadline, finish, stream an
   upstream producer into it, or hand the connection over to raw bytes (a tunnel);
 - the :class:`ProxyServices` (the factory, :mod:`fwproxy.factory`): configuration, clock and
-  reactor, upstream pool, resolver, filter chain, loop detection.
+  reactor, upstream pool, resolver, filter chain, routes (parent proxies), loop detection.
 
 The client connection in turn sees its transaction only as a :class:`ClientTransaction` and, once
 the connection carries raw bytes, a :class:`RawHandler`. A new kind of transaction (a peeked TLS
@@ -21,10 +21,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Literal, Protocol
 
+from fwproxy.acl import ClientCert
 from fwproxy.chain import FilterChain
 from fwproxy.config import Config
 from fwproxy.http1 import RequestHead
 from fwproxy.record import TransactionRecord
+from fwproxy.routing import Routes
 from fwproxy.timer import Deadline
 from fwproxy.upstream import UpstreamPool
 
@@ -82,6 +84,10 @@ class ProxyServices(Protocol):
     def chain(self) -> FilterChain: ...
     @property
     def draining(self) -> bool: ...
+    @property
+    def routes(self) -> Routes:
+        """How requests reach their destinations (``[routing]``) and the parents' health."""
+        ...
 
     def is_self(self, addresses: list[str], port: int, local: tuple[str, int]) -> bool:
         """Whether ``addresses``:``port`` is this proxy (a forwarding loop)."""
@@ -107,6 +113,8 @@ class ClientConnection(Protocol):
     #: listener, the original client's)
     client: tuple[str, int]
     local: tuple[str, int]
+    #: the client certificate a TLS listener verified on this connection, if any
+    client_cert: ClientCert | None
 
     @property
     def deadline(self) -> Deadline:

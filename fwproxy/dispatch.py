@@ -11,14 +11,15 @@ from __future__ import annotations
 from fwproxy.contracts import TransactionKind
 from fwproxy.http1 import RequestHead
 from fwproxy.local import LocalTransaction
+from fwproxy.peek import PeekingConnectTransaction
 from fwproxy.relay import RelayTransaction
-from fwproxy.tunnel import ConnectTransaction
 
 
 def transaction_kind(head: RequestHead) -> TransactionKind:
-    """The transaction class for ``head``: CONNECT, the proxy's own pages, or the relay."""
+    """The transaction class for ``head``: CONNECT (its tunnel peeked on ``[tunnel]
+    peek_ports``), the proxy's own pages, or the relay."""
     if head.method == b"CONNECT":
-        return ConnectTransaction
+        return PeekingConnectTransaction
     if head.target[:1] == b"/" or head.target == b"*":
         return LocalTransaction
     return RelayTransaction

@@ -3,7 +3,8 @@
 
 The factory makes a :class:`fwproxy.protocol.ProxyProtocol` per client connection and provides
 what transactions may use of the proxy (:class:`fwproxy.contracts.ProxyServices`): the
-configuration, the reactor, the upstream pool, the resolver, the filter chain and loop detection.
+configuration, the reactor, the upstream pool, the resolver, the filter chain, the routes
+(``[routing]`` and the parents' health) and loop detection.
 It also owns the proxy's life: filters start with the first listening port and stop (their
 ``stopFilter()`` Deferreds waited for, at most ``timeouts.drain`` seconds) once the last port has
 stopped and the last connection has ended; :meth:`ProxyFactory.drain` ends connections for a
@@ -24,10 +25,13 @@ from fwproxy.admission import Admission
 from fwproxy.auth import Authenticator, HtpasswdChecker, make_portal
 from fwproxy.chain import FilterChain
 from fwproxy.config import AuthConfig, Config
+from fwproxy.origination import Origination
+from fwproxy.parents import ParentHealth
 from fwproxy.plugins import FilterContext, find_factory
 from fwproxy.protocol import ProxyProtocol
 from fwproxy.record import TransactionRecord
 from fwproxy.resolver import ReactorResolver
+from fwproxy.routing import Routes, RoutingRules
 from fwproxy.upstream import UpstreamPool
 
 log = Logger()
@@ -101,6 +105,7 @@ class ProxyFactory(Factory):
             config.pool.max_idle_per_host,
             config.pool.idle_timeout,
             config.limits.max_upstream_per_host,
+            Origination(reactor, config.tls.ca_file),
         )
         limits = config.limits
         self.admission = Admission(
@@ -113,6 +118,8 @@ class ProxyFactory(Factory):
         self._stopping: list[Deferred[None]] = []
         #: (host, port) of every listening port, for loop detection and ``to_self``
         self.listening: list[tuple[str, int]] = self.context.listening
+        #: the ``[routing]`` rules, and the parents' health (kept across reloads)
+        self.routes = Routes(self.chain.upstream, self._rules(config), ParentHealth(reactor))
 
     @property
     def connections(self) -> set[ProxyProtocol]:
@@ -221,6 +228,7 @@ class ProxyFactory(Factory):
         :raise Exception: building the new filters failed; the old configuration stays.
         """
         context = self._make_context(config)
+        origination = Origination(self.reactor, config.tls.ca_file)  # read again when used
         context.listening = self.listening
         new_chain = FilterChain(build_filters(config, context))
         running = self.numPorts > 0
@@ -234,6 +242,8 @@ class ProxyFactory(Factory):
         self.pool.max_idle_per_host = config.pool.max_idle_per_host
         self.pool.idle_timeout = config.pool.idle_timeout
         self.pool.max_per_host = limits.max_upstream_per_host
+        self.pool.origination = origination
+        self.routes = Routes(new_chain.upstream, self._rules(config), self.routes.health)
         if running:
             self._stop_filters(old)
         return self._stopped()
@@ -241,6 +251,9 @@ class ProxyFactory(Factory):
     def reopen_logs(self) -> None:
         for f in self.chain.lifecycle:
             f.reopen()  # type: ignore[attr-defined]
+
+    def _rules(self, config: Config) -> RoutingRules:
+        return RoutingRules(config.routing, self.reactor, self.resolver, self.listening)
 
     def _make_context(self, config: Config) -> FilterContext:
         return filter_context(self.reactor, config, self.resolver, self.portal)

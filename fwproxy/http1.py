@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import httptools
+from mypy_extensions import mypyc_attr
 
 HEAD, INTERIM, BODY, END, REST, ERROR = range(6)
 
@@ -55,6 +56,7 @@ class ProtocolError(Exception):
         self.message = message
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class RequestHead:
     """A parsed request head. ``target`` and ``method`` are raw bytes as received."""
 
@@ -94,6 +96,7 @@ class RequestHead:
         return self.chunked or bool(self.content_length)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class ResponseHead:
     """A parsed response head; ``body`` is ``"none"``, ``"length"``, ``"chunked"`` or
     ``"close"`` (delimited by the connection closing)."""
@@ -142,6 +145,7 @@ def _is_chunked(headers: list[tuple[bytes, bytes]]) -> bool:
     return bool(codings) and codings[-1] == b"chunked"  # type: ignore[index]
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class RequestReader:
     """Parses a client's byte stream into request events, pipelined requests included."""
 
@@ -305,6 +309,7 @@ class RequestReader:
         return events
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class ResponseReader:
     """Parses one upstream response (and the 1xx responses before it)."""
 

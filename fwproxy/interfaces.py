@@ -3,7 +3,8 @@
 
 A *filter* is any object that provides one or more of the hook interfaces below
 (:class:`IConnectionFilter`, :class:`IRequestFilter`, :class:`IConnectFilter`,
-:class:`IDestinationCheck`, :class:`IResponseFilter`, :class:`ITransactionObserver`). The proxy
+:class:`IDestinationCheck`, :class:`IUpstreamSelector`, :class:`IResponseFilter`,
+:class:`ITransactionObserver`). The proxy
 calls the hooks of the configured filters in configuration order. The built-in filters (``acl``,
 ``headers``, ``accesslog``) are written against exactly these interfaces.
 
@@ -174,7 +175,11 @@ class IDestinationCheck(Interface):
     (or CONNECT) hooks have run, ``request.destination`` differs from ``request.checked`` — a
     later filter changed the host, port or addresses — the proxy calls every check again
     before resolving and connecting; addresses that belonged to the old host are dropped first
-    so that the new host is resolved.
+    so that the new host is resolved. A CONNECT the rules postponed to its TLS ClientHello (an
+    ``ssl_sni`` rule: ``request.notes["fwproxy.sni_postponed"]``) has every check called once
+    more when the ClientHello arrives (:mod:`fwproxy.peek`), with ``request.notes["fwproxy.sni"]``
+    set and ``request.addresses`` the one address connected to: a Response then refuses the
+    tunnel (a TLS alert, no HTTP answer), and a changed destination has no effect.
 
     Example (only ever connect to one network)::
 
@@ -304,4 +309,48 @@ class IResolver(Interface):
         :param host: a host name or an IP address literal (returned as is).
         :return: a list of IP address strings, or a Deferred firing with one; an empty list or
             a failure means the name does not resolve (``502``).
+        """
+
+
+class IUpstreamSelector(Interface):
+    """Chooses how an allowed request (relayed or CONNECT) reaches its destination: directly,
+    or through one or more parent proxies (Smokescreen's ``UpstreamProxySelector``).
+
+    Selectors are asked in configuration order once the request and destination hooks have
+    allowed the request, before its destination is resolved; the first that answers decides.
+    When none answers, the ``[routing]`` rules of the configuration decide (they are the
+    built-in selector, :class:`fwproxy.routing.RoutingRules`, always asked last), and when no
+    rule matches either, the request goes direct. Through parents, the proxy resolves and
+    connects to the parents only, never to the destination itself: a relayed request goes to
+    the parent in absolute form, a CONNECT becomes a CONNECT to the parent. The parents of a
+    route are tried in order, skipping those marked down (``max_failures`` connection
+    failures in a row, for ``retry_after`` seconds); when every one fails the client gets
+    ``502`` (``504`` when the last timed out), never a direct connection.
+
+    Example (one customer's traffic through its own parent)::
+
+        @implementer(IUpstreamSelector)
+        class PerCustomer:
+            def __init__(self, parents):
+                self.parents = parents  # context.config.parents: name -> Parent
+
+            def selectUpstream(self, request):
+                if request.user.startswith("acme-"):
+                    return Route((self.parents["acme"], self.parents["backup"]))
+                return None
+    """
+
+    def selectUpstream(request):  # type: ignore[no-untyped-def]
+        """Choose the route of ``request``.
+
+        :param request: the :class:`fwproxy.message.Request`, allowed (``method`` is
+            ``"CONNECT"`` for a tunnel); ``addresses`` may still be ``None``. A selector may
+            set them (for a direct route the proxy connects to them, as after a ``dst`` rule),
+            but must not change ``host`` or ``port``: that is a request filter's job.
+        :return: ``None`` for no opinion (the next selector decides); a
+            :class:`fwproxy.routing.Route`: ``fwproxy.routing.DIRECT``, or
+            ``Route((parent, ...))`` with :class:`fwproxy.parents.Parent` values, configured
+            (``context.config.parents``) or made by the selector; or a Deferred firing with one
+            of those. Anything else, or an exception, ends the transaction with a ``500`` as a
+            failing hook does.
         """

@@ -6,6 +6,11 @@
 - ``combined``: the Apache/NCSA combined format;
 - ``json``: one JSON object per line.
 
+A peeked tunnel's TLS server name (``TransactionRecord.sni``) is one more field at the end of
+the squid and combined lines (``sni=NAME``, ``sni=-`` when the ClientHello named none; quoted
+in the combined format), and only on those lines, so that tools reading the standard fields
+by position are undisturbed; ``json`` has ``"sni"`` on every line (``null`` when not peeked).
+
 Every field that a client controls is escaped: control characters, spaces inside the squid
 format's space-separated fields, and quotes inside the combined format's quoted fields are
 written as ``\\xHH`` (or ``\\"``), so a client cannot forge or split log lines.
@@ -48,17 +53,31 @@ def quoted(value: str) -> str:
     return _QUOTED.sub(_esc, value)
 
 
+def hierarchy(r: TransactionRecord) -> str:
+    """Squid's hierarchy field: ``HIER_DIRECT/IP``, ``FIRSTUP_PARENT/HOST`` or ``HIER_NONE/-``."""
+    if r.hierarchy:
+        return r.hierarchy
+    return (
+        f"HIER_DIRECT/{r.upstream.rpartition(':')[0].strip('[]')}" if r.upstream else "HIER_NONE/-"
+    )
+
+
 def squid(r: TransactionRecord) -> str:
     hier = (
-        f"HIER_DIRECT/{field(r.upstream.rpartition(':')[0].strip('[]'))}"
+        field(r.hierarchy)
+        if r.hierarchy
+        else f"HIER_DIRECT/{field(r.upstream.rpartition(':')[0].strip('[]'))}"
         if r.upstream
         else "HIER_NONE/-"
     )
-    return (
+    line = (
         f"{r.started:.3f} {int(r.duration * 1000):6d} {field(r.client)} "
         f"{r.result}/{r.status:03d} {r.bytes_out} {field(r.method)} {field(r.target)} "
         f"{field(r.user)} {hier} {field(r.content_type.partition(';')[0].strip())}"
     )
+    if r.sni is not None:
+        line += f" sni={field(r.sni)}"
+    return line
 
 
 def _clf_time(t: float) -> str:
@@ -73,10 +92,13 @@ def _clf_time(t: float) -> str:
 
 def combined(r: TransactionRecord) -> str:
     request = quoted(f"{r.method} {r.target} HTTP/{r.version}")
-    return (
+    line = (
         f'{field(r.client)} - {field(r.user)} [{_clf_time(r.started)}] "{request}" '
         f'{r.status} {r.bytes_out} "{quoted(r.referer) or "-"}" "{quoted(r.user_agent) or "-"}"'
     )
+    if r.sni is not None:
+        line += f' "sni={quoted(r.sni) or "-"}"'
+    return line
 
 
 def as_json(r: TransactionRecord) -> str:
@@ -94,9 +116,11 @@ def as_json(r: TransactionRecord) -> str:
             "bytes_in": r.bytes_in,
             "bytes_out": r.bytes_out,
             "upstream": r.upstream,
+            "hierarchy": hierarchy(r),
             "content_type": r.content_type,
             "referer": r.referer,
             "user_agent": r.user_agent,
+            "sni": r.sni,
         },
         separators=(",", ":"),
     )

@@ -111,8 +111,8 @@ class Headers:
 class Request:
     """A request head as filters see it.
 
-    ``method`` is e.g. ``"GET"`` or ``"CONNECT"``. For a relayed request ``scheme`` is ``"http"``,
-    ``host`` the lower-cased host from the absolute URI (an IPv6 address without brackets),
+    ``method`` is e.g. ``"GET"`` or ``"CONNECT"``. For a relayed request ``scheme`` is ``"http"``
+    or ``"https"`` (the proxy originates the TLS), ``host`` the lower-cased host from the absolute URI (an IPv6 address without brackets),
     ``port`` its port, and ``path`` the origin-form target (path and query) that goes upstream.
     For CONNECT, ``path`` is empty. ``url`` is the target as the client sent it. ``client`` is
     the client's ``(host, port)`` as the transport reports it (a PROXY-protocol transport reports

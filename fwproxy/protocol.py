@@ -19,10 +19,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from mypy_extensions import mypyc_attr
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
+from zope.interface import classImplements
 
 from fwproxy.admission import Admission
 from fwproxy.connection import ClientConnectionBase
@@ -39,7 +40,7 @@ from fwproxy.transaction import Transaction
 log = Logger()
 
 
-@implementer(IHalfCloseableProtocol)
+@mypyc_attr(allow_interpreted_subclasses=True)
 class ProxyProtocol(ClientConnectionBase):
     """One client connection (see the module docstring)."""
 
@@ -223,3 +224,8 @@ class ProxyProtocol(ClientConnectionBase):
         cur = self.current
         if cur is not None:
             cur.client_lost()
+
+
+# after the class, not as a decorator: a compiled build (mypyc) keeps a decorated class out of
+# native code
+classImplements(ProxyProtocol, IHalfCloseableProtocol)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from mypy_extensions import mypyc_attr
+
 # Squid-style result codes, public names for filters, observers and log readers: what
 # ``TransactionRecord.result`` holds (a filter's Response may carry any of them in
 # ``result_code``). They keep Squid's meanings so that log tooling written for Squid reads them.
@@ -27,6 +29,7 @@ RESULT_CODES = (TCP_MISS, TCP_MISS_ABORTED, TCP_TUNNEL, TCP_TUNNEL_ABORTED, TCP_
 
 
 @dataclass
+@mypyc_attr(allow_interpreted_subclasses=True)
 class TransactionRecord:
     """One request and its outcome.
 
@@ -39,7 +42,9 @@ class TransactionRecord:
     ``duration`` seconds until the transaction ended; ``upstream`` the ``host:port`` the proxy
     connected to, or ""; ``result`` the squid-style result code; ``version`` the client's HTTP
     version; ``content_type`` of the response, ``referer`` and ``user_agent`` of the request
-    (for the combined format); ``notes`` what filters left in ``Request.notes``.
+    (for the combined format); ``notes`` what filters left in ``Request.notes``; ``sni`` the
+    TLS server name of a peeked tunnel's ClientHello ("" when it named none), None for
+    everything else (:mod:`fwproxy.peek`).
     """
 
     client: str
@@ -58,3 +63,8 @@ class TransactionRecord:
     referer: str = ""
     user_agent: str = ""
     notes: dict[str, object] = field(default_factory=dict)
+    sni: str | None = None
+    #: through a parent proxy, Squid's hierarchy code and the parent's host
+    #: (``FIRSTUP_PARENT/proxy.example``); "" otherwise, which the log formats write as
+    #: ``HIER_DIRECT/`` and the upstream address, or ``HIER_NONE/-`` when there was none
+    hierarchy: str = ""

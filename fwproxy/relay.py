@@ -23,6 +23,7 @@ from __future__ import annotations
 import enum
 from typing import Any
 
+from mypy_extensions import mypyc_attr
 from twisted.internet.defer import CancelledError
 
 from fwproxy import http1, writes
@@ -30,6 +31,7 @@ from fwproxy.contracts import ClientConnection, ProxyServices
 from fwproxy.destination import RoutedTransaction
 from fwproxy.http1 import BODY, END, ERROR, ProtocolError, RequestHead
 from fwproxy.message import Headers, Request, Response
+from fwproxy.parents import to_parent
 from fwproxy.record import TCP_MISS, TCP_MISS_ABORTED
 from fwproxy.response import ResponseRelay
 from fwproxy.target import parse_absolute
@@ -72,12 +74,14 @@ def _with_host(fields: list[tuple[bytes, bytes]], host_header: bytes) -> list[tu
     return fields
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class RelayTransaction(RoutedTransaction):
     """One relayed request/response."""
 
     def __init__(self, conn: ClientConnection, proxy: ProxyServices, head: RequestHead) -> None:
         super().__init__(conn, proxy, head)
         self.state = FILTERING
+        self.parent = None
         self.upstream: UpstreamProtocol | None = None
         self.response = ResponseRelay(self)
         self._retried = False
@@ -89,7 +93,7 @@ class RelayTransaction(RoutedTransaction):
     def start(self) -> None:
         head = self.head
         try:
-            host, port, path, host_header = parse_absolute(head.target)
+            scheme, host, port, path, host_header = parse_absolute(head.target)
         except http1.ProtocolError as e:
             self.answer(Response.text(e.status, f"fwproxy: {e.message}. {USAGE}"), close=True)
             return
@@ -102,6 +106,7 @@ class RelayTransaction(RoutedTransaction):
             Headers._adopt(_with_host(http1.end_to_end(head.headers), host_header)),
             head.version,
             self.conn.client,
+            scheme,
         )
         request.credentials = http1.proxy_credentials(head.headers)
         limit = self.proxy.config.limits.max_body_size
@@ -117,10 +122,13 @@ class RelayTransaction(RoutedTransaction):
         self.state = CONNECTING
 
     def connect_upstream(self) -> None:
-        req = self.request
+        req = self.req
         pool = self.proxy.pool
-        key = (req.host, req.port)
-        addresses = req.addresses or []
+        if self.parent is None:
+            key = (req.scheme, req.host, req.port)
+            addresses = req.addresses or []
+        else:
+            key, addresses = self.parent.key, self.parent_addresses
         conn = pool.take_idle(key, addresses)
         if conn is not None:
             self._connected(conn)
@@ -146,10 +154,14 @@ class RelayTransaction(RoutedTransaction):
 
     def _connect(self, address: str) -> None:
         self.arm_connect()
-        req = self.request
-        d = self.proxy.pool.connect(
-            (req.host, req.port), address, self.proxy.config.timeouts.connect
-        )
+        req = self.req
+        parent = self.parent
+        if parent is None:
+            key = (req.scheme, req.host, req.port)
+            name = req.host if req.scheme == "https" else None
+        else:
+            key, name = parent.key, parent.tls_name
+        d = self.proxy.pool.connect(key, address, self.proxy.config.timeouts.connect, name)
         self._waiting = d
         d.addCallbacks(self._connected, self.connect_failed)
 
@@ -162,11 +174,15 @@ class RelayTransaction(RoutedTransaction):
         self.upstream_address = conn.address
         head = self.head
         conn.begin(self.response, head.method)
-        req = self.request
+        req = self.req
         fields = req.headers.fields()
+        target = req.path
+        if self.parent is not None:
+            self.parent_connected(not conn.reused)
+            target, fields = to_parent(self.parent, req, fields)
         if head.chunked:
             fields = [*fields, (b"Transfer-Encoding", b"chunked")]
-        writes.write(conn.transport, http1.request_head(head.method, req.path, fields))
+        writes.write(conn.transport, http1.request_head(head.method, target, fields))
         if self.request_done:
             self._request_sent()
             return
@@ -223,10 +239,10 @@ class RelayTransaction(RoutedTransaction):
                 self.deadline.restart(timeout, self._first_byte_timeout)
 
     def _first_byte_timeout(self) -> None:
-        self.error(504, f"{self.request.authority} did not answer in time")
+        self.error(504, f"{self.req.authority} did not answer in time")
 
     def _read_timeout(self) -> None:
-        self.error(504, f"{self.request.authority}: no data for too long")
+        self.error(504, f"{self.req.authority}: no data for too long")
 
     # -- what the response side tells (fwproxy.response.Exchange) -------------------------
     def response_started(self) -> None:
@@ -268,8 +284,8 @@ class RelayTransaction(RoutedTransaction):
             self.upstream = None
             self.proxy.pool.discard(conn)
             self.state = CONNECTING
-            self.deadline.restart(self.proxy.config.timeouts.connect, self._connect_timeout)
-            self._connect((self.request.addresses or [""])[0])
+            self.restart_connect()
+            self._connect(self.hop_addresses()[0])
             return
         self.error(error.status, error.message)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from mypy_extensions import mypyc_attr
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.python.failure import Failure
 
@@ -34,7 +35,10 @@ class Exchange(Protocol):
     proxy: ProxyServices
     deadline: Deadline
     head: RequestHead
-    request: Request
+
+    @property
+    def req(self) -> Request: ...
+
     upstream: UpstreamProtocol | None
     done: bool
     status: int
@@ -74,6 +78,7 @@ class _Ended:
 _ENDED: Any = _Ended()
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class ResponseRelay:
     """Streams one upstream response to the client (see the module docstring)."""
 
@@ -85,6 +90,7 @@ class ResponseRelay:
         self._pending: list[http1.Event] | None = None  # events held while a hook decides
         self._chunked = False
         self._producing: Pacing | bool = False
+        self._whole = False  # the response's head and its whole body arrived in one read
         self._out: list[bytes] = []  # what the events of one upstream read produced
 
     # -- events from the upstream --------------------------------------------------------
@@ -117,6 +123,8 @@ class ResponseRelay:
             if kind == BODY:
                 self._body(payload)  # type: ignore[arg-type]
             elif kind == HEAD:
+                # the whole response came in this read: nothing left to stream with flow control
+                self._whole = events[-1][0] == END
                 self._got_head(payload)  # type: ignore[arg-type]
                 if self._pending is not None:
                     self._pending.extend(events[i + 1 :])
@@ -146,7 +154,7 @@ class ResponseRelay:
             self._send_head(response)
             return
         try:
-            result = chain.run(hooks, x.request, response)
+            result = chain.run(hooks, x.req, response)
         except Exception:
             x.fail(Failure())
             return
@@ -201,7 +209,7 @@ class ResponseRelay:
             x.content_type = ct.decode("latin-1")
         x.bytes_out += len(data)
         self._out.append(data)
-        if kind != "none" and x.upstream is not None:
+        if kind != "none" and x.upstream is not None and not self._whole:
             up = x.upstream.transport
             client = x.conn.stream
             if kind != "length" or (rh.content_length or 0) > PACE_OVER:

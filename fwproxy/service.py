@@ -10,7 +10,13 @@ on standard error and exit status 1 for the command line.
 Stopping (SIGTERM under twistd) drains: the ports stop accepting, idle connections close, and
 transactions in flight get up to ``timeouts.drain`` seconds to finish before they are cut. With
 ``signals=True`` (as under twistd), SIGHUP re-reads the configuration through ``reload`` (an
-invalid one is logged and the running one kept) and SIGUSR1 re-opens the log files.
+invalid one is logged and the running one kept) and SIGUSR1 re-opens the log files. With
+``[proxy] watch_config = true``, a change of the configuration file (a ConfigMap update) is a
+SIGHUP too (:mod:`fwproxy.watch`).
+
+``ssl:`` listeners are fwproxy's own (:mod:`fwproxy.tls`): a reload also re-reads their key
+and certificate files and ``[tls]``, for new connections; files that cannot be used reject the
+reload as an invalid configuration does.
 """
 
 from __future__ import annotations
@@ -28,11 +34,13 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from fwproxy.config import Config, ConfigError
+from fwproxy import tls
+from fwproxy.config import DEFAULT_NAME, Config, ConfigError
 from fwproxy.factory import ProxyFactory
 from fwproxy.reuseport import listen_reuseport
 from fwproxy.supervisor import Supervisor
 from fwproxy.twisted_private import forget_exit_signal
+from fwproxy.watch import ConfigWatcher
 
 log = Logger()
 
@@ -86,6 +94,10 @@ class ProxyService(Service):
         self._previous: dict[int, Any] = {}
         self._reuseport = reuseport
         self.supervisor = supervisor
+        #: the TLS side of each ``ssl:`` listener, for reloads
+        self.tls: list[tls.ListenerTLS] = []
+        #: polls the configuration file when ``[proxy] watch_config`` is on
+        self.watcher: ConfigWatcher | None = None
 
     def startService(self) -> None:
         """Listen on every endpoint (or raise :class:`ListenError`, listening on none), then
@@ -94,11 +106,14 @@ class ProxyService(Service):
         for description in self.config.listen:
             try:
                 self._listening(self._listen(description))
-            except (CannotListenError, OSError) as e:
+            except (CannotListenError, OSError, tls.TLSError) as e:
                 self.running = 0
                 for port in self.ports:
                     port.stopListening()
                 self.ports = []
+                self.tls = []
+                if isinstance(e, tls.TLSError):
+                    raise ListenError(description, str(e)) from None
                 raise ListenError.from_exception(description, e) from e
         if self.supervisor is not None:
             self.supervisor.start()
@@ -120,11 +135,18 @@ class ProxyService(Service):
             # p99 latency under load).
             gc.collect()
             gc.freeze()
+        self._watch(self.config)
 
     def _listen(self, description: str) -> Any:
         if self._reuseport:
             return listen_reuseport(self.reactor, description, self.factory)
-        d = serverFromString(self.reactor, description).listen(self.factory)
+        found = tls.server_endpoint(self.reactor, description, self.config.tls)
+        if found is not None:
+            endpoint, listener = found
+            self.tls.append(listener)
+        else:
+            endpoint = serverFromString(self.reactor, description)
+        d = endpoint.listen(self.factory)
         if not d.called:  # bind errors are synchronous for every stream endpoint Twisted has
             d.addCallbacks(self._listening, self._late_failure, errbackArgs=(description,))
             return None
@@ -160,7 +182,14 @@ class ProxyService(Service):
             return False
         try:
             config = self._reload()
+            contexts = [listener.prepare(config.tls) for listener in self.tls]
             self.factory.reconfigure(config)
+        except tls.TLSError as e:
+            log.error(
+                "fwproxy: new configuration rejected, keeping the running one:\n{problem}",
+                problem=str(e),
+            )
+            return False
         except ConfigError as e:
             log.error(
                 "fwproxy: new configuration rejected, keeping the running one:\n{problems}",
@@ -170,12 +199,32 @@ class ProxyService(Service):
         except Exception:
             log.failure("fwproxy: new configuration rejected, keeping the running one")
             return False
+        for listener, context in zip(self.tls, contexts, strict=True):
+            listener.use(context)
+            log.info(
+                "fwproxy: {listen}: TLS key and certificate re-read ({cert})",
+                listen=listener.listen.description,
+                cert=context.certificate,
+            )
+        self._watch(config)
         if tuple(config.listen) != tuple(self.config.listen):
             log.warn("fwproxy: [proxy] listen changed: it takes effect on restart")
         for w in config.warnings:
             log.warn("warning: {w}", w=w)
         log.info("fwproxy: configuration reloaded from {source}", source=config.source)
         return True
+
+    def _watch(self, config: Config) -> None:
+        """Watch the configuration file as ``config`` says: only in the process SIGHUP goes
+        to (a ``--workers`` worker's reloads come from its twistd process)."""
+        worker = self._reuseport and self.supervisor is None
+        wanted = config.watch_config and config.source != DEFAULT_NAME and not worker
+        if wanted and self._reload is not None and self.watcher is None:
+            self.watcher = ConfigWatcher(config.source, self.reactor, self.reload)
+            self.watcher.start()
+        elif not wanted and self.watcher is not None:
+            self.watcher.stop()
+            self.watcher = None
 
     def reopen(self) -> None:
         """Re-open log files (after logrotate moved them), in the workers too."""
@@ -193,6 +242,9 @@ class ProxyService(Service):
         for signum, previous in self._previous.items():
             signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
         self._previous.clear()
+        if self.watcher is not None:
+            self.watcher.stop()
+            self.watcher = None
         return ensureDeferred(self._stop())
 
     async def _stop(self) -> None:

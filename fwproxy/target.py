@@ -1,33 +1,47 @@
 # -*- test-case-name: tests.test_target -*-
 """Request targets, sans-IO: the absolute-form URI of a relayed request and the authority of a
 CONNECT, each turned into the destination the proxy connects to (or a 400 explaining why not).
+
+A relayed request is ``http://`` or ``https://`` (the proxy originates the TLS of an
+``https://`` one, verified: :mod:`fwproxy.origination`); the default ports are 80 and 443.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import httptools
 
 from fwproxy.http1 import ProtocolError
 
+#: the schemes a relayed request may have: their names and default ports
+SCHEMES = {b"http": ("http", 80), b"https": ("https", 443)}
 
-def parse_absolute(target: bytes) -> tuple[str, int, bytes, bytes]:
-    """``(host, port, origin_form, host_header)`` of an absolute-form ``http://`` target.
+
+def parse_absolute(target: bytes) -> tuple[str, str, int, bytes, bytes]:
+    """``(scheme, host, port, origin_form, host_header)`` of an absolute-form ``http://`` or
+    ``https://`` target (``scheme`` lower-case: ``"http"`` or ``"https"``).
 
     :raise ProtocolError: 400 for anything else.
     """
     try:
-        url = httptools.parse_url(target)
+        # Any: httptools' stubs type the parts as bytes/int, but absent ones are None (and a
+        # compiled build checks the declared types at run time)
+        url: Any = httptools.parse_url(target)
     except httptools.HttpParserInvalidURLError:
         raise ProtocolError(400, "malformed request target") from None
     scheme = (url.schema or b"").lower()
-    if scheme != b"http":
-        if scheme == b"https":
-            raise ProtocolError(400, "https:// URLs go through a tunnel: use CONNECT host:443")
-        raise ProtocolError(400, "only http:// URLs can be relayed")
+    if scheme == b"http":  # the usual case first, without a look-up
+        name, default = "http", 80
+    else:
+        known = SCHEMES.get(scheme)
+        if known is None:
+            raise ProtocolError(400, "only http:// and https:// URLs can be relayed")
+        name, default = known
     host = (url.host or b"").lower()
     if not host or b" " in host or b"\t" in host or b"\\" in host:
         raise ProtocolError(400, "the request target has no host")
-    port = url.port or 80
+    port = url.port or default
     path = url.path or b"/"
     if not path.startswith(b"/"):
         path = b"/" + path
@@ -36,7 +50,7 @@ def parse_absolute(target: bytes) -> tuple[str, int, bytes, bytes]:
     hh = b"[" + host + b"]" if b":" in host else host
     if url.port is not None:
         hh += b":%d" % url.port
-    return host.decode("ascii", "replace"), port, path, hh
+    return name, host.decode("ascii", "replace"), port, path, hh
 
 
 def parse_authority(target: bytes) -> tuple[str, int]:

@@ -11,7 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from mypy_extensions import mypyc_attr
 
+
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Deadline:
     """Calls ``expired()`` once ``seconds`` pass without :meth:`touch`; stopped by :meth:`cancel`."""
 

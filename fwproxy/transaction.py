@@ -12,11 +12,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from mypy_extensions import mypyc_attr
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from fwproxy import chain, http1
+from fwproxy.acl import CLIENT_CERT_NOTE
 from fwproxy.contracts import ClientConnection, ProxyServices
 from fwproxy.http1 import BODY, END, ERROR, ProtocolError, RequestHead
 from fwproxy.message import Request, Response
@@ -33,6 +35,7 @@ USAGE = (
 _FRAMING = (b"content-length", b"connection", b"transfer-encoding")
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Transaction:
     """Bookkeeping shared by every kind of transaction; on its own it answers the proxy's own
     error pages (a malformed request, a request-header timeout)."""
@@ -54,6 +57,9 @@ class Transaction:
         self.bytes_in = head.size
         self.bytes_out = 0
         self.upstream_address = ""
+        #: Squid's hierarchy code and peer when it went through a parent proxy; "" for the
+        #: direct way, which the log formats write from :attr:`upstream_address`
+        self.hierarchy = ""
         self.content_type = ""
         #: the client has sent the whole request (END seen)
         self.request_done = False
@@ -164,6 +170,8 @@ class Transaction:
     def run_filters(self, hooks: tuple[Any, ...], then: Any) -> None:
         """Run request (or CONNECT) hooks on :attr:`request`, then ``then(answer)`` —
         synchronously when every hook answers so."""
+        if self.conn.client_cert is not None and self.request is not None:
+            self.request.notes[CLIENT_CERT_NOTE] = self.conn.client_cert  # for client_cert ACLs
         try:
             result = chain.run(hooks, self.request) if hooks else None
         except Exception:
@@ -235,12 +243,13 @@ class Transaction:
     def record(self) -> TransactionRecord:
         head = self.head
         req = self.request
+        cert = self.conn.client_cert
         referer = user_agent = ""
         for k, v in head.headers:
-            lk = k.lower()
-            if lk == b"referer":
+            n = len(k)  # compare lengths first: most fields are neither
+            if n == 7 and k.lower() == b"referer":
                 referer = v.decode("latin-1")
-            elif lk == b"user-agent":
+            elif n == 10 and k.lower() == b"user-agent":
                 user_agent = v.decode("latin-1")
         return TransactionRecord(
             client=self.conn.client[0],
@@ -252,13 +261,15 @@ class Transaction:
             started=self.started,
             duration=max(0.0, self.clock.seconds() - self.started),
             upstream=self.upstream_address,
+            hierarchy=self.hierarchy,
             result=self.result,
-            user=req.user if req is not None else "",
+            # the authenticated user, else the verified client certificate's name
+            user=(req.user if req is not None else "") or (cert.name if cert else ""),
             version=head.version,
             content_type=self.content_type,
             referer=referer,
             user_agent=user_agent,
-            notes=dict(req.notes) if req is not None else {},
+            notes=dict(req.notes) if req is not None and req.notes else {},
         )
 
     def __repr__(self) -> str:

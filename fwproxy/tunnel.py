@@ -8,10 +8,15 @@ only while both sides keep up (:mod:`fwproxy.streaming`). Half-closes pass throu
 on both sides): when one side shuts down its write side, the proxy shuts down its write side
 towards the other, and the tunnel closes when both directions have ended. A TLS layer can sit
 on either stream (a ``TLSMemoryBIOProtocol`` wrapping either side) without the splice changing.
+
+Through a parent proxy (:mod:`fwproxy.routing`), the upstream is a CONNECT to the parent
+(:class:`ParentTunnelUpstream`), answered 2xx before the client gets its ``200``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from twisted.internet.interfaces import IHalfCloseableProtocol
@@ -19,10 +24,11 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from fwproxy import http1, writes
-from fwproxy.contracts import ClientConnection, ProxyServices, Stream
+from fwproxy.contracts import ClientConnection, ProxyServices, RawHandler, Stream
 from fwproxy.destination import RoutedTransaction
 from fwproxy.http1 import END, ERROR, RequestHead
 from fwproxy.message import Headers, Request, Response
+from fwproxy.parents import ConnectReply, ParentError, ParentRefused, connect_head
 from fwproxy.record import TCP_TUNNEL, TCP_TUNNEL_ABORTED
 from fwproxy.streaming import Pacing
 from fwproxy.target import parse_authority
@@ -51,9 +57,51 @@ class TunnelUpstream(ConnectingProtocol):
         pass
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        if self._made is not None and self._never_ready(reason):
+            return  # TLS or a parent's answer never came: the attempt failed
         tunnel, self.tunnel = self.tunnel, None
         if tunnel is not None:
             tunnel.upstream_lost()
+
+
+class ParentTunnelUpstream(TunnelUpstream):
+    """A tunnel's connection through a parent proxy: once connected (over TLS: once the
+    handshake is done), it sends ``head`` (a CONNECT, :func:`fwproxy.parents.connect_head`) and
+    is ready only when the parent answers 2xx; another answer fails the attempt with
+    :class:`fwproxy.parents.ParentRefused`. Bytes behind the answer go to the tunnel first."""
+
+    def __init__(self, head: bytes) -> None:
+        self._head = head
+        self._reply: ConnectReply | None = ConnectReply()
+
+    def _ready(self) -> None:
+        self.transport.write(self._head)
+
+    def dataReceived(self, data: bytes) -> None:
+        reply = self._reply
+        if reply is None:
+            super().dataReceived(data)
+            return
+        try:
+            if not reply.feed(data):
+                return
+        except ParentError as e:
+            self._refused(Failure(e))
+            return
+        self._reply = None
+        if not 200 <= reply.status < 300:
+            self._refused(Failure(ParentRefused(reply.status, reply.reason)))
+            return
+        super()._ready()
+        if reply.rest and self.tunnel is not None:
+            self.tunnel.upstream_data(reply.rest)
+
+    def _refused(self, failure: Failure) -> None:
+        self._reply = None
+        made, self._made = self._made, None
+        if made is not None and not made.called:
+            made.errback(failure)
+        self.transport.loseConnection()
 
 
 class Tunnel:
@@ -171,14 +219,22 @@ class ConnectTransaction(RoutedTransaction):
         self._connecting = True
 
     def connect_upstream(self) -> None:
-        req = self.request
+        req = self.req
         self.arm_connect()
-        address = req.addresses[0]  # type: ignore[index]
-        self.upstream_address = (
-            f"[{address}]:{req.port}" if ":" in address else f"{address}:{req.port}"
-        )
+        parent = self.parent
+        build: Callable[[], TunnelUpstream] = TunnelUpstream
+        tls = None
+        if parent is None:
+            address, port = req.addresses[0], req.port  # type: ignore[index]
+        else:
+            address, port = self.parent_addresses[0], parent.port
+            head = connect_head(req.authority, parent.credentials)
+            build = partial(ParentTunnelUpstream, head)
+            if parent.tls:
+                tls = (self.proxy.pool.origination, parent.host)
+        self.upstream_address = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
         timeout = self.proxy.config.timeouts.connect
-        d = connect_tcp(self.clock, address, req.port, TunnelUpstream, timeout)
+        d = connect_tcp(self.clock, address, port, build, timeout, tls)
         self._waiting = d
         d.addCallbacks(self._connected, self.connect_failed)
 
@@ -193,6 +249,8 @@ class ConnectTransaction(RoutedTransaction):
         if self.done:
             upstream.transport.loseConnection()
             return
+        if self.parent is not None:
+            self.parent_connected(True)
         self.status = 200
         self.bytes_out += len(ESTABLISHED)
         conn = self.conn
@@ -202,7 +260,12 @@ class ConnectTransaction(RoutedTransaction):
         idle.restart(self.proxy.config.timeouts.tunnel_idle, self._idle)
         self.tunnel = Tunnel(self, conn.stream, upstream, idle)
         self._release_head()
-        conn.switch_to_raw(self.tunnel)
+        conn.switch_to_raw(self.raw_handler(self.tunnel))
+
+    def raw_handler(self, tunnel: Tunnel) -> RawHandler:
+        """What takes the client's bytes once the tunnel is up: the tunnel itself, or a handler
+        a subclass puts in front of it (:class:`fwproxy.peek.HelloPeek`)."""
+        return tunnel
 
     def _idle(self) -> None:
         if self.tunnel is not None:
@@ -212,7 +275,7 @@ class ConnectTransaction(RoutedTransaction):
         """The tunnel is up: keep of the request only what its log record needs."""
         keep = (b"user-agent", b"referer")
         self.head.headers = [(k, v) for k, v in self.head.headers if k.lower() in keep]
-        self.request.headers = Headers()
+        self.req.headers = Headers()
 
     def tunnel_closed(self) -> None:
         self.request_done = True

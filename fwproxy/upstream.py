@@ -3,9 +3,13 @@
 
 An :class:`UpstreamProtocol` only moves bytes: it feeds what arrives to a
 :class:`fwproxy.http1.ResponseReader` and hands the events to its current *handler* (the relay
-transaction using it). :class:`UpstreamPool` keeps idle connections per ``(host, port)``, at most
-``max_idle_per_host`` of them, each for at most ``idle_timeout`` seconds; it connects only to
-addresses it is given (already resolved and checked).
+transaction using it). :class:`UpstreamPool` keeps idle connections per ``(scheme, host, port)``
+(an ``http`` and an ``https`` connection to one ``host:port`` are never mixed; a parent proxy's
+scheme says so too), at most ``max_idle_per_host`` of them, each for at most ``idle_timeout``
+seconds; it connects only to addresses it is given (already resolved and checked). A TLS
+connection (:mod:`fwproxy.origination`) counts as connected once its handshake has completed
+and the certificate was verified; a failed handshake fails the connection attempt with
+:class:`fwproxy.origination.TLSFailed`, whose message says why.
 """
 
 from __future__ import annotations
@@ -14,41 +18,93 @@ from collections.abc import Callable
 from typing import Any
 from typing import Protocol as TypingProtocol
 
+from mypy_extensions import mypyc_attr
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.python.failure import Failure
+from zope.interface import classImplements
 
 from fwproxy.http1 import Event, ResponseReader
+from fwproxy.origination import Origination, TLSFailed
+from fwproxy.timer import Deadline
 
-Key = tuple[str, int]
+#: ``(scheme, host, port)`` of the connections the pool keeps together
+Key = tuple[str, str, int]
+#: TLS to originate on a connection: the trust store and the name the certificate must have
+TLSTo = tuple[Origination, str]
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class ConnectingProtocol(Protocol):
-    """A client protocol that fires the Deferred :func:`connect_tcp` returned once connected."""
+    """A client protocol that fires the Deferred :func:`connect_tcp` returned once connected
+    (over TLS: once the handshake has completed, or fails it with :class:`TLSFailed`). A
+    subclass that has more to do before it is ready (a CONNECT through a parent) overrides
+    :meth:`_ready` and calls it when done."""
 
     _made: Deferred[Any] | None = None
+    #: over TLS, until the handshake completes: the origination and the name verified
+    _tls: TLSTo | None = None
 
     def connectionMade(self) -> None:
+        if self._tls is None:
+            self._ready()
+
+    def handshakeCompleted(self) -> None:
+        self._tls = None
+        self._ready()
+
+    def _ready(self) -> None:
         made, self._made = self._made, None
         if made is not None and not made.called:
             made.callback(self)
+
+    def _never_ready(self, reason: Failure) -> bool:
+        """The connection ended before it was ready (a TLS handshake failed): fail the
+        attempt with the reason, and say so (the caller then has nothing else to do)."""
+        made, self._made = self._made, None
+        if made is None:
+            return False
+        if not made.called:
+            tls = self._tls
+            if tls is not None:
+                reason = Failure(TLSFailed(tls[0].explain(reason, self.transport, tls[1])))
+            made.errback(reason)
+        return True
+
+
+# after the class, not as a decorator: a compiled build (mypyc) keeps decorated classes out of
+# native code
+classImplements(ConnectingProtocol, IHandshakeListener)
 
 
 class _ConnectingFactory(ClientFactory):
     noisy = False
 
-    def __init__(self, build: Callable[[], ConnectingProtocol], deferred: Deferred[Any]) -> None:
+    #: over TLS: what to verify
+    tls: TLSTo | None = None
+
+    def __init__(
+        self,
+        build: Callable[[], ConnectingProtocol],
+        deferred: Deferred[Any],
+        built: list[ConnectingProtocol],
+    ) -> None:
         self.build: Callable[[], ConnectingProtocol] | None = build
         self.deferred: Deferred[Any] | None = deferred
+        self.built: list[ConnectingProtocol] | None = built
 
     def buildProtocol(self, addr: Any) -> ConnectingProtocol:  # type: ignore[override]
-        assert self.build is not None
+        assert self.build is not None and self.built is not None
         proto = self.build()
         proto._made = self.deferred
+        if self.tls is not None:
+            proto._tls = self.tls
+        self.built.append(proto)
         # the transport keeps its connector, and the connector this factory, for the whole
         # connection: let go of what is only needed to connect
-        self.build = self.deferred = None
+        self.build = self.deferred = self.built = None
         return proto
 
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
@@ -58,19 +114,38 @@ class _ConnectingFactory(ClientFactory):
 
 
 def connect_tcp(
-    reactor: Any, address: str, port: int, build: Callable[[], ConnectingProtocol], timeout: float
+    reactor: Any,
+    address: str,
+    port: int,
+    build: Callable[[], ConnectingProtocol],
+    timeout: float,
+    tls: TLSTo | None = None,
 ) -> Deferred[Any]:
     """Connect to ``address`` (an IP literal: no name resolution here) and fire with the
-    protocol ``build()`` made, once connected. Straight ``reactor.connectTCP``: no endpoint
-    wrapper between the transport and the protocol. Cancelling stops the attempt."""
+    protocol ``build()`` made, once connected (and ready: see :class:`ConnectingProtocol`).
+    Straight ``reactor.connectTCP``: no endpoint wrapper between the transport and the
+    protocol. Cancelling stops the attempt, or drops a connection not ready yet.
+
+    :param tls: ``(origination, name)``: originate TLS verified against ``name``; the Deferred
+        fires once the handshake has completed, or fails with :class:`TLSFailed`.
+    """
     connector: list[Any] = []
+    # the protocol, once TCP is up (only the canceller holds this list: no reference cycle)
+    built: list[ConnectingProtocol] = []
 
     def cancel(d: Deferred[Any]) -> None:
-        if connector:
+        if built:
+            built.pop().transport.abortConnection()  # type: ignore[union-attr]
+        elif connector:
             connector[0].stopConnecting()
 
     d: Deferred[Any] = Deferred(cancel)
-    connector.append(reactor.connectTCP(address, port, _ConnectingFactory(build, d), timeout))
+    factory = _ConnectingFactory(build, d, built)
+    if tls is None:
+        connector.append(reactor.connectTCP(address, port, factory, timeout))
+    else:
+        factory.tls = tls
+        connector.append(reactor.connectTCP(address, port, tls[0].wrap(factory, tls[1]), timeout))
     return d
 
 
@@ -79,6 +154,7 @@ class Handler(TypingProtocol):
     def upstream_lost(self, reason: Failure) -> None: ...
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class UpstreamProtocol(ConnectingProtocol):
     """One connection to an origin; serves one request at a time."""
 
@@ -92,7 +168,9 @@ class UpstreamProtocol(ConnectingProtocol):
         self.connected = False
         self.reused = False
         self.address = ""
-        self._idle_call: Any = None
+        #: in the pool's idle list, waiting for a request
+        self.idle = False
+        self._idle_timer: Deadline | None = None
 
     def connectionMade(self) -> None:
         self.connected = True
@@ -101,9 +179,10 @@ class UpstreamProtocol(ConnectingProtocol):
         self.address = (
             f"[{host}]:{peer.port}" if ":" in host else f"{host}:{getattr(peer, 'port', 0)}"
         )
-        made, self._made = self._made, None
-        if made is not None and not made.called:
-            made.callback(self)
+        if self._tls is None:
+            made, self._made = self._made, None
+            if made is not None and not made.called:
+                made.callback(self)
 
     def begin(self, handler: Handler, method: bytes) -> None:
         """Start a request/response exchange for ``handler``."""
@@ -120,11 +199,18 @@ class UpstreamProtocol(ConnectingProtocol):
         if events:
             handler.upstream_events(events)
 
+    def idle_expired(self) -> None:
+        """The idle timer ran out: close if still idle (a reused connection ignores it)."""
+        self.pool._expire(self)
+
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.connected = False
-        if self._idle_call is not None and self._idle_call.active():
-            self._idle_call.cancel()
-        self._idle_call = None
+        self.idle = False
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        if self._made is not None and self._never_ready(reason):
+            return  # the attempt failed (a TLS handshake): the pool counted it closed
         self.pool._lost(self)
         handler, self.handler = self.handler, None
         if handler is not None and self.reader is not None:
@@ -141,8 +227,12 @@ class UpstreamProtocol(ConnectingProtocol):
         return bool(self.connected and r is not None and r.done and not r.extra and r.keep_alive)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class UpstreamPool:
-    """Idle keep-alive connections to origins, keyed by ``(host, port)``."""
+    """Idle keep-alive connections to origins, keyed by ``(scheme, host, port)``.
+
+    :param origination: the verified TLS for ``https`` (default: the system trust store).
+    """
 
     def __init__(
         self,
@@ -150,8 +240,10 @@ class UpstreamPool:
         max_idle_per_host: int = 256,
         idle_timeout: float = 30.0,
         max_per_host: int = 0,
+        origination: Origination | None = None,
     ) -> None:
         self._reactor = reactor
+        self.origination = origination if origination is not None else Origination(reactor)
         self.max_idle_per_host = max_idle_per_host
         self.idle_timeout = idle_timeout
         self._idle: dict[Key, list[UpstreamProtocol]] = {}
@@ -177,9 +269,7 @@ class UpstreamPool:
                 del conns[i]
                 if not conns:
                     del self._idle[key]
-                if conn._idle_call is not None and conn._idle_call.active():
-                    conn._idle_call.cancel()
-                conn._idle_call = None
+                conn.idle = False  # its idle timer stays armed: it fires harmlessly, or not at all
                 conn.reused = True
                 return conn
         return None
@@ -217,11 +307,15 @@ class UpstreamPool:
         d.callback(conn)
         return True
 
-    def connect(self, key: Key, address: str, timeout: float) -> Deferred[UpstreamProtocol]:
-        """A new connection to ``address`` (an IP literal), port ``key[1]``."""
+    def connect(
+        self, key: Key, address: str, timeout: float, tls_name: str | None = None
+    ) -> Deferred[UpstreamProtocol]:
+        """A new connection to ``address`` (an IP literal), port ``key[2]``; over TLS verified
+        against ``tls_name`` when given (it fails with :class:`TLSFailed` when it can't be)."""
         self._open[key] = self._open.get(key, 0) + 1
+        tls = None if tls_name is None else (self.origination, tls_name)
         d = connect_tcp(
-            self._reactor, address, key[1], lambda: UpstreamProtocol(self, key), timeout
+            self._reactor, address, key[2], lambda: UpstreamProtocol(self, key), timeout, tls
         )
 
         def failed(f: Any) -> Any:
@@ -256,11 +350,20 @@ class UpstreamPool:
         if len(conns) >= self.max_idle_per_host:
             self.discard(conns.pop(0))
         conns.append(conn)
-        conn._idle_call = self._reactor.callLater(self.idle_timeout, self._expire, conn)
+        conn.idle = True
+        # One timer per connection, pushed back rather than rescheduled: a connection reused
+        # on every request would otherwise make and cancel a DelayedCall per request.
+        timer = conn._idle_timer
+        if timer is None:
+            conn._idle_timer = Deadline(self._reactor, self.idle_timeout, conn.idle_expired)
+        elif timer.active:
+            timer.touch()
+        else:
+            timer.restart(self.idle_timeout, conn.idle_expired)
 
     def _expire(self, conn: UpstreamProtocol) -> None:
-        conn._idle_call = None
-        self.discard(conn)
+        if conn.idle:
+            self.discard(conn)
 
     @staticmethod
     def discard(conn: UpstreamProtocol) -> None:

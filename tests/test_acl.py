@@ -13,20 +13,21 @@ from zope.interface.verify import verifyObject
 
 from fwproxy.acl import (
     ACL_TYPES,
-    AccessPolicy,
+    CLIENT_CERT_NOTE,
     Acl,
     AclContext,
     AclError,
+    ClientCert,
     NeedAddresses,
     client_ip,
     make_acl,
-    parse_rule,
     predefined,
 )
 from fwproxy.filters.acl import AclFilter, AclFilterFactory
 from fwproxy.interfaces import IConnectFilter, IFilterFactory, IRequestFilter
 from fwproxy.message import Request, Response
 from fwproxy.record import TCP_DENIED
+from fwproxy.rules import AccessPolicy, parse_rule
 
 ip = ipaddress.ip_address
 
@@ -314,6 +315,42 @@ def test_proxy_auth(users, user, matches):
     assert make_acl("u", "proxy_auth", users).match(ctx(user=user)) is matches
 
 
+@pytest.mark.parametrize(
+    "names, cert, matches",
+    [
+        (["robot"], ClientCert("Robot", ("robot",)), True),
+        (["ROBOT"], ClientCert("robot", ("robot",)), True),
+        ([".clients.test"], ClientCert("a", ("a", "a.clients.test")), True),
+        ([".clients.test"], ClientCert("clients.test", ("clients.test",)), True),
+        ([".clients.test"], ClientCert("x", ("x", "evilclients.test")), False),
+        (["alice"], ClientCert("bob", ("bob",)), False),
+        (["alice", "bob"], ClientCert("bob", ("bob",)), True),
+        (["alice"], ClientCert("", ()), False),  # a verified certificate with no name
+        (["alice"], None, False),  # no verified certificate: never
+        ([".clients.test"], None, False),
+    ],
+)
+def test_client_cert(names, cert, matches):
+    assert make_acl("c", "client_cert", names).match(ctx(client_cert=cert)) is matches
+
+
+def test_client_cert_negated_matches_a_connection_without_a_certificate():
+    defined = acls(team=("client_cert", ["alice"]))
+    p = policy("deny !team", "allow all", defined=defined)
+    assert not p.allows(ctx())
+    assert p.allows(ctx(client_cert=ClientCert("alice", ("alice",))))
+
+
+def test_the_acl_filter_reads_the_client_cert_from_the_request_notes():
+    defined = acls(team=("client_cert", [".clients.test"]))
+    f, _ = make_filter(["allow team", "deny all"], defined=defined)
+    req = request()
+    assert_denied(f.requestReceived(req), req)
+    req = request()
+    req.notes[CLIENT_CERT_NOTE] = ClientCert("a", ("a.clients.test",))
+    assert f.requestReceived(req) is None
+
+
 def test_every_type_is_registered():
     assert set(ACL_TYPES) == {
         "src",
@@ -325,6 +362,8 @@ def test_every_type_is_registered():
         "url_regex",
         "time",
         "proxy_auth",
+        "client_cert",
+        "ssl_sni",
     }
     for kind, cls in ACL_TYPES.items():
         assert cls.kind == kind and issubclass(cls, Acl)
@@ -363,6 +402,9 @@ def test_every_type_is_registered():
         ("time", ["25:00-26:00"], "invalid time of day"),
         ("time", ["09:60-10:00"], "invalid time of day"),
         ("proxy_auth", [], "expected a non-empty list"),
+        ("client_cert", [], "expected a non-empty list"),
+        ("client_cert", ["."], "'.' is not a certificate name"),
+        ("client_cert", [" "], "is not a certificate name"),
     ],
 )
 def test_acl_definition_errors_name_the_acl_type_and_value(kind, values, fragment):
@@ -392,6 +434,7 @@ STANDARD = acls(
     blocked=("dstdomain", [".blocked.example"]),
     bad_dst=("dst", ["192.0.2.0/24"]),
     staff=("proxy_auth", ["REQUIRED"]),
+    certified=("client_cert", [".clients.example"]),
 )
 
 
@@ -493,6 +536,8 @@ def test_policy_without_dst_does_not_need_addresses():
     [
         (["allow lan", "deny all"], []),
         (["allow staff", "deny all"], []),
+        (["allow certified", "deny all"], []),
+        (["allow !certified"], ["allow !certified"]),
         (["deny connect !ssl_ports", "allow lan", "deny all"], []),
         (["allow all"], ["allow all"]),
         (["allow safe_ports", "deny all"], ["allow safe_ports"]),

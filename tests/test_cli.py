@@ -8,6 +8,7 @@ and tests/integration/test_cli_install.py."""
 from __future__ import annotations
 
 import importlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,20 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as caught:
         cli.main(["--version"])
     assert caught.value.code == 0
-    assert capsys.readouterr().out == f"fwproxy {fwproxy.__version__}\n"
+    n = len(cli.compiled_modules())
+    build = f"compiled build ({n} modules, mypyc)" if n else "pure-Python build"
+    assert capsys.readouterr().out == f"fwproxy {fwproxy.__version__} ({build})\n"
+
+
+@pytest.mark.skipif(
+    os.environ.get("FWPROXY_EXPECT_COMPILED") != "1", reason="not the compiled build's test run"
+)
+def test_the_compiled_build_runs_compiled_code() -> None:
+    # scripts/test runs the unit tests a second time on the mypyc build: they must not
+    # silently import the pure-Python modules there
+    compiled = cli.compiled_modules()
+    assert "fwproxy.relay" in compiled and "fwproxy.http1" in compiled, compiled
+    assert len(compiled) >= 15, compiled
 
 
 def test_run_takes_the_twistd_fwproxy_options(conf: str, no_plugins: list[Any]) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fwproxy.acl import AccessPolicy, AclContext, client_ip, predefined
+from fwproxy.acl import AclContext, client_ip, predefined
 from fwproxy.cli import main
 from fwproxy.config import (
     DEFAULT_NAME,
@@ -20,6 +20,7 @@ from fwproxy.config import (
     parse,
 )
 from fwproxy.configcheck import LINKLOCAL
+from fwproxy.rules import AccessPolicy
 
 MAIN = Path(__file__).resolve().parent.parent
 ETC = MAIN / "etc" / "fwproxy.toml"
@@ -559,8 +560,8 @@ def test_without_the_text_problems_have_no_line_and_keep_their_order():
     with pytest.raises(ConfigError) as e:
         parse({"timeouts": {"connect": -1}, "bogus": 1}, "x.toml")
     assert e.value.problems == [
-        "x.toml: bogus: unknown key (known: proxy, timeouts, limits, pool, auth, acl, access, "
-        "headers, log, filters)",
+        "x.toml: bogus: unknown key (known: proxy, timeouts, limits, pool, tunnel, auth, tls, acl, "
+        "access, headers, log, filters, parents, routing)",
         "x.toml: timeouts.connect: must be greater than 0, got -1",
     ]
 
@@ -799,3 +800,106 @@ def test_cli_reads_relative_paths_from_the_working_directory(tmp_path, capsys, m
     assert main(["check-config", "fwproxy.toml"]) == 0
     assert capsys.readouterr().out.startswith("fwproxy.toml: OK (1 rules")
     assert os.getcwd() == str(tmp_path)
+
+
+# -- [tls] ---------------------------------------------------------------------------------------
+
+
+def ca_pem(directory: Path, name: str = "ca.pem") -> Path:
+    """A self-signed CA certificate (and its key beside it) made here."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test clients CA")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    path = directory / name
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return path
+
+
+def test_tls_section_is_typed_and_paths_are_relative_to_the_file(tmp_path):
+    ca_pem(tmp_path)
+    path = write(tmp_path, '[tls]\nclient_ca_file = "ca.pem"\nclient_cert = "required"\n')
+    config = load(path)
+    assert config.tls.client_ca_file == str(tmp_path / "ca.pem")
+    assert config.tls.client_cert == "required"
+    assert load(write(tmp_path, '[tls]\nclient_ca_file = "ca.pem"\n')).tls.client_cert == (
+        "optional"
+    )
+    assert loads("").tls.client_ca_file is None
+
+
+@pytest.mark.parametrize(
+    "text, line, key, fragment",
+    [
+        ('[tls]\nclient_cert = "sometimes"\n', 2, "tls.client_cert", 'expected "optional" or'),
+        ('[tls]\nclient_cert = "required"\n', 2, "tls.client_cert", "needs tls.client_ca_file"),
+        ('[tls]\nclient_ca_file = ""\n', 2, "tls.client_ca_file", "expected the path of a PEM"),
+        ("[tls]\nclient_ca_file = 3\n", 2, "tls.client_ca_file", "expected the path of a PEM"),
+        (
+            '[tls]\nclient_ca_file = "missing.pem"\n',
+            2,
+            "tls.client_ca_file",
+            "missing.pem: cannot read the client_ca_file: No such file or directory",
+        ),
+        (
+            '[tls]\nclient_ca_file = "fwproxy.toml"\n',
+            2,
+            "tls.client_ca_file",
+            "fwproxy.toml: no PEM certificate in it (the client_ca_file)",
+        ),
+        ("[tls]\n\nca_cert = 1\n", 3, "tls.ca_cert", "unknown key (known: client_ca_file, "),
+        (
+            '[acl.team]\nclient_cert = ["a.example"]\n[access]\nrules = ["allow team"]\n',
+            1,
+            "acl.team",
+            "a client_cert ACL needs [tls] client_ca_file",
+        ),
+        ('[proxy]\nlisten = ["ssl:3129"]\n', 2, "proxy.listen", "no privateKey=FILE"),
+        (
+            '[proxy]\nlisten = ["ssl:3129:privateKey=nope.pem"]\n',
+            2,
+            "proxy.listen",
+            "nope.pem: cannot read the private key: No such file or directory",
+        ),
+    ],
+)
+def test_tls_errors_are_one_line_naming_file_line_key(
+    tmp_path, monkeypatch, text, line, key, fragment
+):
+    path = write(tmp_path, text)
+    monkeypatch.chdir(tmp_path)  # the ssl: endpoint's files are relative to the working directory
+    with pytest.raises(ConfigError) as e:
+        load(path)
+    (problem,) = e.value.problems
+    assert problem.startswith(f"{path}:{line}: {key}: "), problem
+    assert fragment in problem and "\n" not in problem
+
+
+def test_check_config_knows_the_tls_keys(tmp_path, capsys):
+    ca_pem(tmp_path)
+    text = (
+        '[tls]\nclient_ca_file = "ca.pem"\nclient_cert = "optional"\n'
+        '[acl.lan]\nsrc = ["10.0.0.0/8"]\n[acl.team]\nclient_cert = [".clients.example"]\n'
+        '[access]\nrules = ["allow lan team", "deny all"]\n'
+    )
+    assert main(["check-config", write(tmp_path, text)]) == 0
+    assert main(["check-config", write(tmp_path, '[tls]\nclient_cert = "no"\n')]) == 1
+    err = capsys.readouterr().err
+    assert re.search(r":2: tls.client_cert: expected \"optional\" or \"required\", got 'no'", err)

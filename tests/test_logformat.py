@@ -127,9 +127,11 @@ def test_json_format():
         "bytes_in": 120,
         "bytes_out": 1234,
         "upstream": "93.184.216.34:80",
+        "hierarchy": "HIER_DIRECT/93.184.216.34",
         "content_type": "text/html; charset=utf-8",
         "referer": "http://example.com/",
         "user_agent": "curl/8.5.0",
+        "sni": None,
     }
 
 

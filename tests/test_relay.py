@@ -7,6 +7,7 @@ response bytes are fed to them and what reaches the client is compared byte for 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from twisted.internet import error as ierror
@@ -218,6 +219,43 @@ def test_reused_connection_is_not_expired_mid_request(h: Harness) -> None:
     assert not up.closed
     up.send(OK5)
     assert c.received() == OK5
+
+
+def test_idle_upstream_expires_counted_from_its_last_release(h: Harness) -> None:
+    c, up = relay(h)
+    up.send(OK5)  # released at 0: would expire at 15
+    c.take()
+    h.clock.advance(10)
+    c.send(get())
+    up.take()
+    h.clock.advance(2)
+    up.send(OK5)  # released again at 12: expires at 27
+    c.take()
+    h.clock.advance(8)  # 20: past the first release's expiry
+    assert not up.closed
+    assert h.factory.pool.idle_count() == 1
+    h.clock.advance(7.5)  # 27.5
+    assert up.closed
+
+
+def test_reusing_a_pooled_connection_schedules_no_timer_per_request(h: Harness) -> None:
+    c, up = relay(h)
+    up.send(OK5)
+    c.take()
+    scheduled = []
+    call_later = h.clock.callLater
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        scheduled.append(args[1])
+        return call_later(*args, **kwargs)
+
+    h.clock.callLater = counting  # type: ignore[method-assign]
+    for _ in range(5):
+        c.send(get())
+        up.take()
+        up.send(OK5)
+        assert c.take() == OK5
+    assert len(scheduled) < 5, scheduled  # not one (or more) per request
 
 
 # -- upstream failures ----------------------------------------------------------------------

@@ -11,23 +11,32 @@ from fwproxy.target import parse_absolute, parse_authority
 @pytest.mark.parametrize(
     "target, expected",
     [
-        (b"http://example.com/", ("example.com", 80, b"/", b"example.com")),
-        (b"http://EXAMPLE.com:8080/a?b=c", ("example.com", 8080, b"/a?b=c", b"example.com:8080")),
-        (b"http://example.com", ("example.com", 80, b"/", b"example.com")),
-        (b"http://[::1]:81/x", ("::1", 81, b"/x", b"[::1]:81")),
-        (b"HTTP://example.com/", ("example.com", 80, b"/", b"example.com")),
+        (b"http://example.com/", ("http", "example.com", 80, b"/", b"example.com")),
+        (
+            b"http://EXAMPLE.com:8080/a?b=c",
+            ("http", "example.com", 8080, b"/a?b=c", b"example.com:8080"),
+        ),
+        (b"http://example.com", ("http", "example.com", 80, b"/", b"example.com")),
+        (b"http://[::1]:81/x", ("http", "::1", 81, b"/x", b"[::1]:81")),
+        (b"HTTP://example.com/", ("http", "example.com", 80, b"/", b"example.com")),
+        (b"https://example.com/a", ("https", "example.com", 443, b"/a", b"example.com")),
+        (b"HTTPS://Example.com", ("https", "example.com", 443, b"/", b"example.com")),
+        (b"https://example.com:8443/", ("https", "example.com", 8443, b"/", b"example.com:8443")),
+        (b"https://example.com:443/", ("https", "example.com", 443, b"/", b"example.com:443")),
+        (b"https://[::1]/?q", ("https", "::1", 443, b"/?q", b"[::1]")),
     ],
 )
-def test_absolute_targets(target: bytes, expected: tuple[str, int, bytes, bytes]) -> None:
+def test_absolute_targets(target: bytes, expected: tuple[str, str, int, bytes, bytes]) -> None:
     assert parse_absolute(target) == expected
 
 
 @pytest.mark.parametrize(
     "target, message",
     [
-        (b"https://example.com/", "use CONNECT"),
-        (b"ftp://example.com/", "only http://"),
+        (b"ftp://example.com/", "only http:// and https://"),
+        (b"wss://example.com/", "only http:// and https://"),
         (b"http:///path", "malformed"),
+        (b"https:///path", "malformed"),
         (b"http://exa mple.com/", ""),
     ],
 )

@@ -6,6 +6,10 @@ addresses. Only when a rule with a ``dst`` ACL is reached is the destination res
 denied by ``src`` never makes the proxy look a name up); the policy is then evaluated for each
 resolved address, and ``request.addresses`` is narrowed to the allowed ones, so the proxy
 connects only to an address that was checked (no second lookup, no DNS-rebinding gap).
+
+A CONNECT to a peeked port (``[tunnel] peek_ports``) that reaches a rule with an ``ssl_sni`` ACL
+is let through to its ClientHello (marked ``SNI_POSTPONED`` in its notes); :mod:`fwproxy.peek`
+then runs the destination checks again with the server name known (``SNI_NOTE``).
 """
 
 from __future__ import annotations
@@ -16,7 +20,16 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from zope.interface import implementer, provider
 
-from fwproxy.acl import AccessPolicy, AclContext, NeedAddresses, NeedCredentials, client_ip
+from fwproxy.acl import (
+    CLIENT_CERT_NOTE,
+    SNI_NOTE,
+    SNI_POSTPONED,
+    AclContext,
+    NeedAddresses,
+    NeedCredentials,
+    NeedSni,
+    client_ip,
+)
 from fwproxy.auth import RATE_LIMITED
 from fwproxy.interfaces import (
     IConnectFilter,
@@ -27,6 +40,7 @@ from fwproxy.interfaces import (
 )
 from fwproxy.message import Request, Response
 from fwproxy.record import TCP_DENIED
+from fwproxy.rules import AccessPolicy
 
 _AUTH_TRIED = "fwproxy.auth_tried"
 
@@ -51,8 +65,10 @@ class AclFilter:
         self._resolver = context.resolver
         self._listening = context.listening
         self._auth = getattr(context, "authenticator", None)
+        self._peek_ports = context.config.tunnel.peek_ports if policy.needs_sni else frozenset()
 
     def _context(self, request: Request, addresses: tuple = None) -> AclContext:  # type: ignore[assignment]
+        sni = request.notes.get(SNI_NOTE)
         return AclContext(
             client=client_ip(request.client[0]),
             method=request.method,
@@ -64,6 +80,11 @@ class AclFilter:
             addresses=addresses,
             auth_pending=self._auth is not None and _AUTH_TRIED not in request.notes,
             listening=self._listening,
+            client_cert=request.notes.get(CLIENT_CERT_NOTE),
+            sni=sni,
+            sni_pending=sni is None
+            and request.port in self._peek_ports
+            and request.method == "CONNECT",
         )
 
     def requestReceived(self, request: Request) -> Response | None | Deferred:
@@ -80,6 +101,11 @@ class AclFilter:
             return self._per_address(request, request.addresses)
         except NeedCredentials:
             return self._authenticate(request)
+        except NeedSni:
+            # decided when the ClientHello arrives (fwproxy.peek), on the address connected to
+            request.notes[SNI_POSTPONED] = True
+            request.checked = request.destination
+            return None
         except NeedAddresses:
             pass
         try:

@@ -31,8 +31,9 @@ from fwproxy.testing._proxy import configured_filters, make_factory
 from fwproxy.testing.doubles import FailureLog, FakeResolver, FakeTransport, Recorder, address
 from fwproxy.upstream import UpstreamProtocol
 
-#: The harness's default configuration: local clients only, CONNECT to 443 only, and a distinct
-#: value for every timeout, so a test can tell which one fired.
+#: The harness's default configuration: local clients only, CONNECT to 443 only, a distinct
+#: value for every timeout, so a test can tell which one fired, and no tunnel peeked (its bytes
+#: are the test's, not TLS: set ``[tunnel] peek_ports`` to test peeking).
 BASE_CONFIG = """
 [acl.localhost]
 src = ["127.0.0.0/8", "::1/128"]
@@ -53,6 +54,10 @@ client_idle = 20
 upstream_first_byte = 30
 read = 100
 tunnel_idle = 50
+client_hello = 3
+
+[tunnel]
+peek_ports = []
 
 [pool]
 max_idle_per_host = 2

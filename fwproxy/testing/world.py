@@ -42,6 +42,9 @@ read = 13
 tunnel_idle = 17
 drain = 2
 
+[tunnel]
+peek_ports = []
+
 [limits]
 max_header_size = 4096
 max_headers = 50
