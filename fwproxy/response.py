@@ -19,13 +19,13 @@ from mypy_extensions import mypyc_attr
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.python.failure import Failure
 
-from fwproxy import chain, http1, writes
+from fwproxy import chain, http1
 from fwproxy.contracts import ClientConnection, ProxyServices
 from fwproxy.http1 import BODY, END, ERROR, HEAD, INTERIM, ProtocolError, RequestHead, ResponseHead
 from fwproxy.message import Headers, Request, Response
+from fwproxy.streaming import PACE_OVER, Pacing
 from fwproxy.timer import Deadline
 from fwproxy.upstream import UpstreamProtocol
-from fwproxy.writes import STREAM_BUFFER
 
 
 class Exchange(Protocol):
@@ -89,7 +89,7 @@ class ResponseRelay:
         self._head: ResponseHead | None = None
         self._pending: list[http1.Event] | None = None  # events held while a hook decides
         self._chunked = False
-        self._producing = False
+        self._producing: Pacing | bool = False
         self._whole = False  # the response's head and its whole body arrived in one read
         self._out: list[bytes] = []  # what the events of one upstream read produced
 
@@ -212,11 +212,13 @@ class ResponseRelay:
         if kind != "none" and x.upstream is not None and not self._whole:
             up = x.upstream.transport
             client = x.conn.stream
-            if kind != "length" or (rh.content_length or 0) > STREAM_BUFFER:
-                # a large body: stream it in bigger pieces, as a tunnel does
-                writes.bulk(client, up)
-            client.registerProducer(up, True)
-            self._producing = True
+            if kind != "length" or (rh.content_length or 0) > PACE_OVER:
+                # a large body: large reads while the client keeps up, small ones once it lags
+                self._producing = Pacing((client, up), x.proxy.reactor)
+                self._producing.link(up, client)
+            else:
+                client.registerProducer(up, True)
+                self._producing = True
 
     def _body(self, data: bytes) -> None:
         self.x.bytes_out += len(data)
@@ -245,8 +247,10 @@ class ResponseRelay:
 
     def stop_streaming(self) -> None:
         """The upstream is no longer the client transport's producer."""
-        if self._producing:
-            self._producing = False
+        producing, self._producing = self._producing, False
+        if isinstance(producing, Pacing):
+            producing.detach()
+        elif producing:
             self.x.conn.stream.unregisterProducer()
 
     @property

@@ -2,8 +2,9 @@
 """CONNECT: check, resolve, connect, answer ``200 Connection established``, then splice.
 
 A :class:`Tunnel` joins two flow-controlled byte streams: each side's transport is registered
-as the streaming producer of the other's, so a slow reader on one side pauses reading on the
-other and nothing piles up in the proxy. Half-closes pass through (``IHalfCloseableProtocol``
+(through a :class:`fwproxy.streaming.Pacer`) as the streaming producer of the other's, so a slow
+reader on one side pauses reading on the other and little piles up in the proxy: large reads
+only while both sides keep up (:mod:`fwproxy.streaming`). Half-closes pass through (``IHalfCloseableProtocol``
 on both sides): when one side shuts down its write side, the proxy shuts down its write side
 towards the other, and the tunnel closes when both directions have ended. A TLS layer can sit
 on either stream (a ``TLSMemoryBIOProtocol`` wrapping either side) without the splice changing.
@@ -29,6 +30,7 @@ from fwproxy.http1 import END, ERROR, RequestHead
 from fwproxy.message import Headers, Request, Response
 from fwproxy.parents import ConnectReply, ParentError, ParentRefused, connect_head
 from fwproxy.record import TCP_TUNNEL, TCP_TUNNEL_ABORTED
+from fwproxy.streaming import Pacing
 from fwproxy.target import parse_authority
 from fwproxy.timer import Deadline
 from fwproxy.upstream import ConnectingProtocol, connect_tcp
@@ -106,6 +108,10 @@ class Tunnel:
     """Splices the client's stream and the upstream's, with flow control and half-close; the
     client connection's :class:`fwproxy.contracts.RawHandler` once the CONNECT succeeded."""
 
+    # one per open tunnel, which may be idle for long: no instance dict
+    __slots__ = ("txn", "upstream", "client_t", "upstream_t", "_client_eof", "_upstream_eof",
+                 "closed", "pacing", "idle")  # fmt: skip
+
     def __init__(
         self, txn: ConnectTransaction, client: Stream, upstream: TunnelUpstream, idle: Deadline
     ) -> None:
@@ -117,9 +123,10 @@ class Tunnel:
         self._upstream_eof = False
         self.closed = False
         upstream.tunnel = self
-        writes.bulk(self.client_t, self.upstream_t)
-        self.upstream_t.registerProducer(self.client_t, True)
-        self.client_t.registerProducer(self.upstream_t, True)
+        # each side's transport, through a pacer, is the producer of the other's
+        self.pacing = pacing = Pacing((self.client_t, self.upstream_t), txn.clock)
+        pacing.link(self.client_t, self.upstream_t)
+        pacing.link(self.upstream_t, self.client_t)
         self.idle = idle
 
     def client_data(self, data: bytes) -> None:
@@ -161,11 +168,7 @@ class Tunnel:
         self.closed = True
         self.idle.cancel()
         self.upstream.tunnel = None
-        for t in (self.client_t, self.upstream_t):
-            try:
-                t.unregisterProducer()
-            except Exception:  # noqa: BLE001 - already gone
-                pass
+        self.pacing.detach()
         self.upstream_t.loseConnection()
         self.client_t.loseConnection()
         self.txn.tunnel_closed()

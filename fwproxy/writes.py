@@ -9,30 +9,23 @@ keeps the transport's own ordering and flow control intact (anything unsent goes
 ``transport.write``). Other transports (TLS, PROXY-protocol wrappers, test doubles) are written
 to normally. What "nothing is queued" means is Twisted's private business: it is asked of
 :func:`fwproxy.twisted_private.idle_socket`, which says "no" if Twisted changed its insides.
+Every splice writes through here, so here is where a :class:`fwproxy.streaming.Pacer` (the
+transport's registered producer) learns how many bytes it has moved.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from fwproxy.streaming import Pacer
 from fwproxy.twisted_private import idle_socket
-
-#: read size and write-buffer bound for bulk streams (tunnels, large relayed bodies) instead of
-#: Twisted's 64 KiB: a quarter of the system calls and callbacks per byte (a tunnel measured
-#: 1.1 → 1.9 GB/s on loopback). Memory stays bounded: at most this much is buffered per
-#: direction before the other side is paused.
-STREAM_BUFFER = 256 * 1024
-
-
-def bulk(*transports: Any) -> None:
-    """Give ``transports`` the :data:`STREAM_BUFFER` size (those that have a buffer size)."""
-    for t in transports:
-        if hasattr(t, "bufferSize"):
-            t.bufferSize = STREAM_BUFFER
 
 
 def write(transport: Any, data: bytes) -> None:
     """``transport.write(data)``, sending immediately when the transport is idle."""
+    producer = getattr(transport, "producer", None)
+    if producer.__class__ is Pacer:
+        producer.moved(len(data))
     sock = idle_socket(transport)
     if sock is not None:
         try:

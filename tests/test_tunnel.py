@@ -190,8 +190,8 @@ def test_upstream_gone_closes_the_client(h: Harness) -> None:
 
 def test_tunnel_flow_control_both_ways(h: Harness) -> None:
     c, up = tunnel(h)
-    assert c.transport.producer is up.transport and c.transport.streaming
-    assert up.transport.producer is c.transport and up.transport.streaming
+    assert c.transport.producer.producer is up.transport and c.transport.streaming
+    assert up.transport.producer.producer is c.transport and up.transport.streaming
     c.transport.full = True
     up.send(b"download")
     assert up.paused and not c.paused

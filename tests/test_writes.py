@@ -12,9 +12,14 @@ from collections.abc import Iterator
 import pytest
 from twisted.internet import tcp
 from twisted.internet.protocol import Protocol
+from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor, StringTransport
 
 from fwproxy import writes
+from fwproxy.streaming import Pacing, Policy
+from fwproxy.testing import FakeTransport, address
+
+ADDRESSES = (address("127.0.0.1", 1), address("127.0.0.1", 2))
 
 
 class _Server:
@@ -89,8 +94,22 @@ def test_other_transports_are_written_to_normally() -> None:
     assert t.value() == b"abc"
 
 
-def test_bulk_sets_the_stream_buffer(server: _Server) -> None:
-    t = StringTransport()
-    writes.bulk(server.transport, t)
-    assert server.transport.bufferSize == writes.STREAM_BUFFER
-    assert not hasattr(t, "bufferSize")
+def test_a_pacer_is_told_what_moved() -> None:
+    # a splice's consumer has a streaming.Pacer as its producer: its bytes count towards large
+    # buffers, in either direction
+    a, b = FakeTransport(*ADDRESSES), FakeTransport(*ADDRESSES)
+    pacing = Pacing((a, b), Clock(), Policy(keep_up=100))
+    pacing.link(a, b)
+    pacing.link(b, a)
+    writes.write(b, b"x" * 99)
+    assert not pacing.large
+    writes.write(a, b"y")
+    assert pacing.large
+    assert b.value() == b"x" * 99 and a.value() == b"y"
+
+
+def test_other_producers_are_left_alone() -> None:
+    t, producer = FakeTransport(*ADDRESSES), FakeTransport(*ADDRESSES)
+    t.registerProducer(producer, True)
+    writes.write(t, b"abc")
+    assert t.value() == b"abc" and producer.producerState == "producing"
