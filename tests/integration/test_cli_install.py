@@ -100,7 +100,10 @@ def test_installed_fwproxy_command(tmp_path: Path, editable: bool) -> None:
         [str(fwproxy), "--version"],
         check=False, capture_output=True, text=True, env=_env(), cwd=str(elsewhere), timeout=60,
     )  # fmt: skip
-    assert (version.returncode, version.stdout) == (0, f"fwproxy {where[1]}\n"), version.stderr
+    assert (version.returncode, version.stdout) == (
+        0,
+        f"fwproxy {where[1]} (pure-Python build)\n",
+    ), version.stderr
 
     port = free_port()
     out = tmp_path / "run.out"
