@@ -233,23 +233,31 @@ class DstAcl(_NetworkAcl, Acl):
         return bool(ctx.addresses) and all(held(a) for a in ctx.addresses)
 
 
+def _domains(
+    name: str, kind: str, values: object, what: str, spaces: bool = False
+) -> tuple[frozenset[str], tuple[str, ...]]:
+    """``dstdomain``-style names: ``(exact names, ".suffixes")`` — ``.example.com`` stands for
+    example.com and every subdomain; lower case, no trailing dot, no blanks (with ``spaces``:
+    inner spaces allowed, as in a certificate's common name; never line breaks or tabs)."""
+    exact, suffixes = set(), []
+    for v in _strings(name, kind, values):
+        d = v.strip().lower().rstrip(".")
+        if not d or d == "." or any(c.isspace() and (c != " " or not spaces) for c in d):
+            raise AclError(f"acl.{name}.{kind}: {v!r} is not {what}")
+        if d.startswith("."):
+            exact.add(d[1:])
+            suffixes.append(d)
+        else:
+            exact.add(d)
+    return frozenset(exact), tuple(suffixes)
+
+
 class DstDomainAcl(Acl):
     kind = "dstdomain"
 
     def __init__(self, name: str, values: object) -> None:
         super().__init__(name)
-        exact, suffixes = set(), []
-        for v in _strings(name, self.kind, values):
-            d = v.strip().lower().rstrip(".")
-            if not d or any(c.isspace() for c in d):
-                raise AclError(f"acl.{name}.{self.kind}: {v!r} is not a domain")
-            if d.startswith("."):
-                exact.add(d[1:])
-                suffixes.append(d)
-            else:
-                exact.add(d)
-        self.exact = frozenset(exact)
-        self.suffixes = tuple(suffixes)
+        self.exact, self.suffixes = _domains(name, self.kind, values, "a domain")
 
     def match(self, ctx: AclContext) -> bool:
         host = ctx.host.lower().rstrip(".")
@@ -411,18 +419,9 @@ class ClientCertAcl(Acl):
 
     def __init__(self, name: str, values: object) -> None:
         super().__init__(name)
-        exact, suffixes = set(), []
-        for v in _strings(name, self.kind, values):
-            n = v.strip().lower().rstrip(".")
-            if not n or n == "." or any(c in n for c in "\r\n\t"):
-                raise AclError(f"acl.{name}.client_cert: {v!r} is not a certificate name")
-            if n.startswith("."):
-                exact.add(n[1:])
-                suffixes.append(n)
-            else:
-                exact.add(n)
-        self.exact = frozenset(exact)
-        self.suffixes = tuple(suffixes)
+        self.exact, self.suffixes = _domains(
+            name, self.kind, values, "a certificate name", spaces=True
+        )
 
     def match(self, ctx: AclContext) -> bool:
         cert = ctx.client_cert

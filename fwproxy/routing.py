@@ -24,7 +24,8 @@ from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
 from fwproxy import chain
-from fwproxy.acl import CLIENT_CERT_NOTE, Acl, AclContext, AclError, NeedAddresses, client_ip
+from fwproxy.acl import Acl, AclContext, AclError, NeedAddresses, client_ip
+from fwproxy.filters.acl import request_context
 from fwproxy.interfaces import IUpstreamSelector
 from fwproxy.message import Request
 from fwproxy.parents import Parent, ParentHealth
@@ -131,18 +132,7 @@ class RoutingRules:
     def selectUpstream(self, request: Request) -> Any:
         a = request.addresses
         addresses = None if a is None else tuple(ip for ip in map(client_ip, a) if ip)
-        ctx = AclContext(
-            client=client_ip(request.client[0]),
-            method=request.method,
-            host=request.host,
-            port=request.port,
-            url=request.url,
-            user=request.user,
-            now=self._clock.seconds(),
-            addresses=addresses,
-            listening=self._listening,
-            client_cert=request.notes.get(CLIENT_CERT_NOTE),
-        )
+        ctx = request_context(request, self._clock.seconds(), self._listening, addresses)
         try:
             for rule in self.rules:
                 if rule.matches(ctx):

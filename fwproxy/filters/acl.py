@@ -20,7 +20,7 @@ authentication failure its reason in ``AUTH_FAILED`` (for the metrics).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -47,12 +47,38 @@ from fwproxy.interfaces import (
 from fwproxy.message import Request, Response
 from fwproxy.record import TCP_DENIED
 from fwproxy.rules import AUTH_FAILED, DENIED_BY, WOULD_DENY, AccessPolicy
+from fwproxy.selfcheck import IPAddress
 
 _AUTH_TRIED = "fwproxy.auth_tried"
 
 
 def denied(request: Request) -> Response:
     return Response.text(403, f"fwproxy: access denied to {request.url}", TCP_DENIED)
+
+
+def request_context(
+    request: Request,
+    now: float,
+    listening: Sequence[tuple[str, int]],
+    addresses: tuple[IPAddress, ...] | None = None,
+    **more: Any,
+) -> AclContext:
+    """What the ACLs see of ``request`` (``more``: the other :class:`AclContext` fields, such
+    as ``auth_pending`` or the tunnel's ``sni``). Shared with the ``[routing]`` rules, which
+    match the same ACLs."""
+    return AclContext(
+        client=client_ip(request.client[0]),
+        method=request.method,
+        host=request.host,
+        port=request.port,
+        url=request.url,
+        user=request.user,
+        now=now,
+        addresses=addresses,
+        listening=listening,
+        client_cert=request.notes.get(CLIENT_CERT_NOTE),
+        **more,
+    )
 
 
 @implementer(IRequestFilter, IConnectFilter, IDestinationCheck)
@@ -76,18 +102,12 @@ class AclFilter:
 
     def _context(self, request: Request, addresses: tuple = None) -> AclContext:  # type: ignore[assignment]
         sni = request.notes.get(SNI_NOTE)
-        return AclContext(
-            client=client_ip(request.client[0]),
-            method=request.method,
-            host=request.host,
-            port=request.port,
-            url=request.url,
-            user=request.user,
-            now=self._clock.seconds(),
-            addresses=addresses,
+        return request_context(
+            request,
+            self._clock.seconds(),
+            self._listening,
+            addresses,
             auth_pending=self._auth is not None and _AUTH_TRIED not in request.notes,
-            listening=self._listening,
-            client_cert=request.notes.get(CLIENT_CERT_NOTE),
             sni=sni,
             sni_pending=sni is None
             and request.port in self._peek_ports
