@@ -338,6 +338,32 @@ def auth(
     return values
 
 
+def _ca_file(
+    p: Problems,
+    section: Mapping[str, Any],
+    values: dict[str, Any],
+    key: str,
+    directory: str | None,
+    error: type[Exception],
+    load: Any,
+) -> None:
+    """``[tls] KEY``: the path of a PEM file of CA certificates (relative to ``directory``),
+    read once by ``load`` to check it (``error``: what ``load`` raises for a bad file)."""
+    if key not in section:
+        return
+    path = section[key]
+    if not isinstance(path, str) or not path or any(c in path for c in "\r\n\0"):
+        p.add(f"tls.{key}", "expected the path of a PEM file of CA certificates")
+        return
+    if directory is not None:
+        path = os.path.join(directory, path)  # an absolute path stays what it is
+    try:
+        load(path)
+        values[key] = path
+    except error as e:
+        p.add(f"tls.{key}", str(e))
+
+
 def tls(
     p: Problems, section: Mapping[str, Any], fields: Sequence[str], directory: str | None
 ) -> dict[str, Any]:
@@ -346,18 +372,8 @@ def tls(
     to ``directory``."""
     unknown(p, "tls", section, fields)
     values: dict[str, Any] = {}
-    if "client_ca_file" in section:
-        path = section["client_ca_file"]
-        if not isinstance(path, str) or not path or any(c in path for c in "\r\n\0"):
-            p.add("tls.client_ca_file", "expected the path of a PEM file of CA certificates")
-        else:
-            if directory is not None:
-                path = os.path.join(directory, path)  # an absolute path stays what it is
-            try:
-                load_certificates(path, "client_ca_file")
-                values["client_ca_file"] = path
-            except TLSError as e:
-                p.add("tls.client_ca_file", str(e))
+    _ca_file(p, section, values, "client_ca_file", directory, TLSError,
+             lambda path: load_certificates(path, "client_ca_file"))  # fmt: skip
     if "client_cert" in section:
         mode = section["client_cert"]
         if mode not in CLIENT_CERT_MODES:
@@ -367,18 +383,7 @@ def tls(
             p.add("tls.client_cert", "needs tls.client_ca_file (the CA that signs client certs)")
         else:
             values["client_cert"] = mode
-    if "ca_file" in section:
-        path = section["ca_file"]
-        if not isinstance(path, str) or not path or any(c in path for c in "\r\n\0"):
-            p.add("tls.ca_file", "expected the path of a PEM file of CA certificates")
-        else:
-            if directory is not None:
-                path = os.path.join(directory, path)  # an absolute path stays what it is
-            try:
-                load_trust_store(path)
-                values["ca_file"] = path
-            except TrustStoreError as e:
-                p.add("tls.ca_file", str(e))
+    _ca_file(p, section, values, "ca_file", directory, TrustStoreError, load_trust_store)
     return values
 
 
