@@ -117,4 +117,6 @@ class InterceptedTransaction(RelayTransaction):
             f"fwproxy: this tunnel goes to {it.host}:{it.port}, not to {named}: "
             "open another CONNECT for it"
         )
-        self.answer(Response.text(421, message), close=False)
+        answer = Response.text(421, message)
+        answer.reason = "Misdirected Request"  # RFC 9110 §15.5.20
+        self.answer(answer, close=False)
