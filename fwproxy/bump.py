@@ -72,6 +72,26 @@ class _LeafCreator:
         return self.leaves.connection(self.name)
 
 
+class _CountingStream:
+    """The client's transport as the TLS layer sees it: what it writes is counted as the
+    tunnel's bytes out (the record's, as a spliced tunnel's are); the rest is the transport's."""
+
+    def __init__(self, stream: Any, txn: ConnectTransaction) -> None:
+        self._stream = stream
+        self._txn = txn
+
+    def write(self, data: bytes) -> None:
+        self._txn.bytes_out += len(data)
+        self._stream.write(data)
+
+    def writeSequence(self, data: list[bytes]) -> None:
+        self._txn.bytes_out += sum(map(len, data))
+        self._stream.writeSequence(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
 class BumpedTLS(BufferingTLSTransport):
     """Twisted's TLS over the client's stream, telling its :class:`Bump` how the handshake
     went (a client that gives up during it rejected the certificate)."""
@@ -111,7 +131,7 @@ class Bump:
 
     def start(self, held: bytes) -> None:
         """Answer the client's TLS, beginning with the ClientHello already received."""
-        self.tls.makeConnection(self.client_t)
+        self.tls.makeConnection(_CountingStream(self.client_t, self.txn))
         self.client_t.resumeProducing()
         if held:
             self.client_data(held)

@@ -12,9 +12,12 @@ import pytest
 from cryptography import x509
 from OpenSSL import SSL
 from twisted.logger import LogEvent, formatEvent, globalLogPublisher
+from zope.interface import implementer
 
 from fwproxy import cacert
 from fwproxy.intercepted import Interception, _split_host
+from fwproxy.interfaces import IRequestFilter
+from fwproxy.message import Request, Response
 from fwproxy.record import TCP_TUNNEL
 from fwproxy.testing import Client, Harness
 from fwproxy.tunnel import ESTABLISHED
@@ -73,9 +76,16 @@ rules = [{rules}]
 class MemoryTLSClient:
     """A TLS client over memory BIOs, its bytes carried by hand to and from the harness."""
 
-    def __init__(self, client: Client, harness: Harness, ca_file: Path | None, sni: bytes):
+    def __init__(
+        self,
+        client: Client,
+        harness: Harness,
+        ca_file: Path | None,
+        sni: bytes,
+        alpn: tuple[bytes, ...] = (b"h2", b"http/1.1"),
+    ):
         ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
-        ctx.set_alpn_protos([b"h2", b"http/1.1"])
+        ctx.set_alpn_protos(list(alpn))
         if ca_file is not None:
             ctx.load_verify_locations(str(ca_file))
         ctx.set_verify(SSL.VERIFY_PEER, lambda *args: bool(args[-1]))
@@ -85,6 +95,7 @@ class MemoryTLSClient:
         self.client = client
         self.harness = harness
         self.failed = False
+        self.received = 0  # bytes carried from the proxy
 
     def pump(self) -> None:
         """Carry bytes both ways until neither side has any to send."""
@@ -106,6 +117,7 @@ class MemoryTLSClient:
             self.harness.clock.advance(0)  # the TLS layer flushes its writes on the clock
             back = self.client.take()
             if back:
+                self.received += len(back)
                 self.conn.bio_write(back)
                 moved = True
             if not moved:
@@ -176,7 +188,11 @@ def test_another_host_is_misdirected_and_connect_refused(
         ("CONNECT", 405),
         ("CONNECT", 200),
     ]
-    assert records[-1].result == TCP_TUNNEL and records[-1].notes["fwproxy.tls"] == "bumped"
+    tunnel = records[-1]
+    assert tunnel.result == TCP_TUNNEL and tunnel.notes["fwproxy.tls"] == "bumped"
+    # the tunnel's bytes are the TLS the client exchanged with the proxy
+    assert tunnel.bytes_out == len(ESTABLISHED) + tls.received
+    assert tunnel.bytes_in > 3 * len(b"CONNECT example.com:443 HTTP/1.1\r\n")
 
 
 def test_a_request_inside_goes_to_the_connect_authority_over_tls(
@@ -210,3 +226,57 @@ def test_splice_rule_keeps_the_tunnel(make: Callable[..., Harness], ca_dir: Path
     c, up, tls = bumped(h, ca_dir / "ca.pem")
     assert not up.closed and up.received().startswith(b"\x16\x03")  # the ClientHello, passed on
     assert not c.closed and tls.conn.get_peer_certificate() is None  # the origin's to answer
+
+
+@implementer(IRequestFilter)
+class Answer:
+    """Answers every request itself, keeping what it saw."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str, bytes | None]] = []
+
+    def requestReceived(self, request: Request) -> Response:
+        self.seen.append((request.method, request.url, request.credentials))
+        return Response.text(200, "from the filter")
+
+
+def test_filters_see_https_urls_and_the_connects_credentials(
+    make: Callable[..., Harness], ca_dir: Path
+) -> None:
+    answer = Answer()
+    h = make(bump_config(ca_dir), filters=[answer])
+    c = h.connect()
+    c.send(
+        b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n"
+        b"Proxy-Authorization: Basic dTpw\r\n\r\n"
+    )
+    h.accept()
+    assert c.take() == ESTABLISHED
+    tls = MemoryTLSClient(c, h, ca_dir / "ca.pem", b"example.com")
+    tls.pump()
+    first = tls.request(b"GET /a?b=1 HTTP/1.1\r\nHost: example.com\r\n\r\n")
+    second = tls.request(b"POST /c HTTP/1.1\r\nHost: example.com:443\r\nContent-Length: 0\r\n\r\n")
+    assert first.startswith(b"HTTP/1.1 200 ") and second.startswith(b"HTTP/1.1 200 ")
+    assert answer.seen[-2:] == [
+        ("GET", "https://example.com/a?b=1", b"Basic dTpw"),
+        ("POST", "https://example.com/c", b"Basic dTpw"),
+    ]
+
+
+def test_an_h2_only_client_gets_no_alpn_and_a_log_line(
+    make: Callable[..., Harness], ca_dir: Path, infos: list[str]
+) -> None:
+    h = make(bump_config(ca_dir))
+    c = h.connect()
+    c.send(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n")
+    h.accept()
+    assert c.take() == ESTABLISHED
+    tls = MemoryTLSClient(c, h, ca_dir / "ca.pem", b"example.com", alpn=(b"h2",))
+    tls.pump()
+    assert not tls.failed and not c.closed  # no alert: the handshake completed
+    assert tls.conn.get_alpn_proto_negotiated() == b""
+    [line] = [i for i in infos if "offered only h2" in i]
+    assert "to example.com" in line and "splice it by rule" in line
+    # what an h2 client then sends is no HTTP/1.1 request: an error answer, not a hang
+    answer = tls.request(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 4"), answer
