@@ -11,7 +11,8 @@ stream is served by a new client connection whose requests go to the CONNECT aut
 through the relay (:mod:`fwproxy.intercepted`), with TLS to the origin verified as any
 ``https://`` request's. A client that rejects the certificate (it does not trust the CA, or
 pins the origin's) is logged in one line naming the client, the host and the alert it sent,
-and the tunnel's record says ``tls=rejected``; a bumped tunnel's says ``tls=bumped``.
+and the tunnel's record says ``tls=rejected`` (``tls=incomplete`` for a client that left
+during the handshake without an alert); a bumped tunnel's says ``tls=bumped``.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ log = Logger()
 
 BUMPED = "bumped"
 REJECTED = "rejected"
+INCOMPLETE = "incomplete"
 
 
 def decide(intercept: InterceptConfig, req: Request, sni: str, now: float) -> str | None:
@@ -176,16 +178,22 @@ class Bump:
         self.txn.tunnel_closed()
 
     def rejected(self, conn: ServerConnection) -> None:
-        """The handshake did not complete: the client refused the certificate (or left)."""
+        """The handshake did not complete: the client refused the certificate (its alert is
+        the handshake's error), or left (or timed out) without a word."""
         req = self.txn.req
         reason = failure_reason(conn)
-        req.notes[TLS_NOTE] = REJECTED
+        if conn.handshake_error is None:
+            req.notes[TLS_NOTE] = INCOMPLETE
+            what = "the client did not complete the TLS handshake"
+        else:
+            req.notes[TLS_NOTE] = REJECTED
+            what = "the client rejected fwproxy's certificate"
         log.info(
-            "fwproxy: bumped tunnel from {client} to {host}: the client rejected fwproxy's "
-            "certificate: {reason} (a client that does not trust the CA, or pins: splice it "
-            "by an [intercept] rule)",
+            "fwproxy: bumped tunnel from {client} to {host}: {what}: {reason} (a client that "
+            "does not trust the CA, or pins: splice it by an [intercept] rule)",
             client=self._client(),
             host=self.name,
+            what=what,
             reason=reason,
         )
 

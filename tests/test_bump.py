@@ -280,3 +280,24 @@ def test_an_h2_only_client_gets_no_alpn_and_a_log_line(
     # what an h2 client then sends is no HTTP/1.1 request: an error answer, not a hang
     answer = tls.request(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 4"), answer
+
+
+def test_a_client_leaving_during_the_handshake_is_incomplete(
+    make: Callable[..., Harness], ca_dir: Path, infos: list[str]
+) -> None:
+    h = make(bump_config(ca_dir))
+    c = h.connect()
+    c.send(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n")
+    h.accept()
+    assert c.take() == ESTABLISHED
+    tls = MemoryTLSClient(c, h, ca_dir / "ca.pem", b"example.com")
+    try:
+        tls.conn.do_handshake()
+    except SSL.WantReadError:
+        pass
+    c.send(tls.conn.bio_read(65536))  # the ClientHello only, then the client goes away
+    h.clock.advance(0)
+    c.lost()
+    [rec] = h.records
+    assert rec.notes["fwproxy.tls"] == "incomplete"
+    assert any("did not complete the TLS handshake" in i for i in infos)
