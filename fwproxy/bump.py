@@ -100,6 +100,14 @@ class BumpedTLS(BufferingTLSTransport):
 
     bump: Bump | None = None
 
+    def loseConnection(self) -> None:
+        super().loseConnection()  # the pending writes, then close_notify
+        bump = self.bump
+        if bump is not None and bump.eof:
+            # the client has shut down its side: it will not answer the close_notify, which
+            # Twisted's TLS waits for before closing the transport
+            self.transport.loseConnection()
+
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         conn = self.getHandle() if self._tlsConnection is not None else None
         bump, self.bump = self.bump, None
@@ -130,6 +138,8 @@ class Bump:
         self.tls.bump = self
         self._alpn_checked = False
         self.ended = False
+        #: the client has shut down its side of the connection
+        self.eof = False
 
     def start(self, held: bytes) -> None:
         """Answer the client's TLS, beginning with the ClientHello already received."""
@@ -165,8 +175,10 @@ class Bump:
     def client_eof(self) -> None:
         if self.ended:
             return
-        if IHalfCloseableProtocol.providedBy(self.inner):
-            self.inner.readConnectionLost()
+        self.eof = True
+        half = IHalfCloseableProtocol(self.inner, None)
+        if half is not None:
+            half.readConnectionLost()  # the requests in flight still get their answers
         else:
             self.tls.loseConnection()
 

@@ -301,3 +301,18 @@ def test_a_client_leaving_during_the_handshake_is_incomplete(
     [rec] = h.records
     assert rec.notes["fwproxy.tls"] == "incomplete"
     assert any("did not complete the TLS handshake" in i for i in infos)
+
+
+def test_a_half_close_after_a_request_still_gets_the_answer(
+    make: Callable[..., Harness], ca_dir: Path
+) -> None:
+    h = make(bump_config(ca_dir), filters=[Answer()])
+    c, _, tls = bumped(h, ca_dir / "ca.pem")
+    tls.conn.sendall(b"GET /x HTTP/1.1\r\nHost: example.com\r\n\r\n")
+    c.send(tls.conn.bio_read(65536))
+    c.shutdown_write()  # FIN after the request (no close_notify)
+    tls.pump()
+    assert tls.conn.recv(65536).startswith(b"HTTP/1.1 200 ")
+    assert c.closed  # then the proxy closes: nothing more can come
+    c.lost()
+    assert [r.method for r in h.records] == ["GET", "CONNECT"]
