@@ -102,11 +102,11 @@ class BumpedTLS(BufferingTLSTransport):
 
     def loseConnection(self) -> None:
         super().loseConnection()  # the pending writes, then close_notify
-        bump = self.bump
-        if bump is not None and bump.eof:
+        bump, transport = self.bump, self.transport
+        if bump is not None and bump.eof and transport is not None:
             # the client has shut down its side: it will not answer the close_notify, which
             # Twisted's TLS waits for before closing the transport
-            self.transport.loseConnection()
+            transport.loseConnection()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         conn = self.getHandle() if self._tlsConnection is not None else None
