@@ -44,7 +44,9 @@ def test_the_tunnel_names_its_connect_host_and_server_name_on_its_port() -> None
     assert it.names("sni.test", None)
     assert not it.names("other.test", None)
     assert not it.names("connect.test", 8443)
-    assert Interception("::1", 8443, "", None).prefix == b"https://[::1]:8443"
+    no_sni = Interception("::1", 8443, "", None)
+    assert no_sni.prefix == b"https://[::1]:8443"
+    assert no_sni.names("::1", 8443) and not no_sni.names("", 8443)
 
 
 # -- a bump in memory: the harness's proxy, a pyOpenSSL client over memory BIOs ----------------
