@@ -109,7 +109,7 @@ class BumpedTLS(BufferingTLSTransport):
             transport.loseConnection()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        conn = self.getHandle() if self._tlsConnection is not None else None
+        conn = self.getHandle()
         bump, self.bump = self.bump, None
         if bump is not None and isinstance(conn, ServerConnection) and not conn.handshake_done:
             bump.rejected(conn)
@@ -157,8 +157,7 @@ class Bump:
             self._check_alpn()
 
     def _check_alpn(self) -> None:
-        tls = self.tls
-        conn = tls._tlsConnection
+        conn = self.tls.getHandle()
         if not isinstance(conn, BumpedConnection) or not conn.handshake_done:
             return
         self._alpn_checked = True
