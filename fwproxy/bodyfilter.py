@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -35,7 +35,7 @@ class LengthChanged(Exception):
 
 
 def _named(failure: Failure, hook: Callable[..., Any]) -> Failure:
-    if failure.check(FilterError):
+    if failure.check(FilterError, CancelledError):  # cancelled: the transaction has ended
         return failure
     return Failure(FilterError(hook, failure))
 

@@ -256,6 +256,18 @@ class IBodyTransform(Interface):
 
     The pieces a transform passes on go to the next body filter's transform, in configuration
     order, and then to the peer.
+
+    Example (upper-case a body; the length stays)::
+
+        @implementer(IBodyTransform)
+        class Shout:
+            keeps_length = True
+
+            def data(self, chunk):
+                return chunk.upper()
+
+            def end(self):
+                return b""
     """
 
     keeps_length = Attribute(

@@ -370,3 +370,24 @@ def test_a_raising_body_hook_answers_500(make: Make, side: str) -> None:
     assert up.closed
     [f] = h.take_failures()
     assert f.check(RuntimeError) and "no transform" in f.getTraceback()
+
+
+def test_empty_body_with_a_final_piece_is_rechunked(make: Make) -> None:
+    h = make(filters=[Both(lambda c: c if c is not None else b"appended")])
+    c, up = relay(h)
+    up.send(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    _, fields, body = split_response(c.take())
+    assert field(fields, b"content-length") is None
+    assert dechunk(body) == b"appended"
+    assert not c.closed
+
+
+def test_a_filtered_body_that_is_not_taken_passes_as_is(make: Make) -> None:
+    f = Both(responses=False)
+    h = make(filters=[f])
+    c, up = relay(h)
+    up.send(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhel")
+    assert c.take() == b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhel"  # no head held back
+    up.send(b"lo")
+    assert c.take() == b"lo"
+    assert len(f.seen) == 1 and f.made == []
