@@ -60,7 +60,7 @@ class FilteredResponseRelay(ResponseRelay):
     def __init__(self, exchange: Exchange) -> None:
         super().__init__(exchange)
         self._chain: BodyChain | None = None
-        self._held: tuple[Response, bytes] | None = None  # the head, until the first piece
+        self._held: tuple[int, bytes] | None = None  # status and head, until the first piece
         self._gate: FlowGate | None = None
 
     def _send_head(self, response: Response) -> None:
@@ -80,12 +80,12 @@ class FilteredResponseRelay(ResponseRelay):
                 rh.body, rh.content_length = "chunked", None
                 response.headers.remove(b"Content-Length")
         super()._send_head(response)
-
-    def _emit_head(self, response: Response, data: bytes) -> None:
-        if self._chain is None:
-            super()._emit_head(response, data)
-        else:
-            self._held = (response, data)
+        if self._chain is not None and not x.done:
+            # hold the head back (the plain relay's path stays as it was: this undoes its send)
+            data = self._out.pop()
+            x.bytes_out -= len(data)
+            self._held = (x.status, data)
+            x.status = 0
 
     def _source(self, upstream: Any) -> Any:
         return self._gate if self._gate is not None else upstream
@@ -151,7 +151,9 @@ class FilteredResponseRelay(ResponseRelay):
         if result or ending:
             held, self._held = self._held, None
             if held is not None:
-                super()._emit_head(*held)
+                x.status, data = held
+                x.bytes_out += len(data)
+                self._out.append(data)
         for piece in result:
             super()._body(piece)
         if ending:

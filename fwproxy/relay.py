@@ -198,7 +198,7 @@ class RelayTransaction(RoutedTransaction):
         if self.parent is not None:
             self.parent_connected(not conn.reused)
             target, fields = to_parent(self.parent, req, fields)
-        if head.has_body and self.proxy.chain.request_body:
+        if self.proxy.chain.request_body and head.has_body:
             self.body_filter, fields = RequestBody.start(self, req, head, fields)
         if head.chunked or (self.body_filter is not None and self.body_filter.chunked):
             fields = [*fields, (b"Transfer-Encoding", b"chunked")]

@@ -203,7 +203,12 @@ class ResponseRelay:
             fields = [*fields, (b"Connection", b"keep-alive")]
         self.client_keep = keep
         data = http1.response_head(response.status, response.reason.encode("latin-1"), fields)
-        self._emit_head(response, data)
+        x.status = response.status
+        ct = response.headers.get(b"content-type")
+        if ct:
+            x.content_type = ct.decode("latin-1")
+        x.bytes_out += len(data)
+        self._out.append(data)
         if kind != "none" and x.upstream is not None and not self._whole:
             up = x.upstream.transport
             client = x.conn.stream
@@ -215,16 +220,6 @@ class ResponseRelay:
             else:
                 client.registerProducer(source, True)
                 self._producing = True
-
-    def _emit_head(self, response: Response, data: bytes) -> None:
-        """Send the serialised head ``data`` of ``response`` (body filters hold it back)."""
-        x = self.x
-        x.status = response.status
-        ct = response.headers.get(b"content-type")
-        if ct:
-            x.content_type = ct.decode("latin-1")
-        x.bytes_out += len(data)
-        self._out.append(data)
 
     def _source(self, upstream: Any) -> Any:
         """The producer to register on the client for ``upstream`` (body filters gate it)."""
