@@ -7,6 +7,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
@@ -391,3 +393,32 @@ def test_a_filtered_body_that_is_not_taken_passes_as_is(make: Make) -> None:
     up.send(b"lo")
     assert c.take() == b"lo"
     assert len(f.seen) == 1 and f.made == []
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(st.sampled_from([b"x", b"secret", b"sec", b"ret", b" "]), max_size=40).map(b"".join),
+    st.lists(st.integers(min_value=0, max_value=300), max_size=12),
+    st.booleans(),
+    st.sampled_from([b"1.1", b"1.0"]),
+)
+def test_any_split_of_the_upstream_bytes_gives_the_same_client_body(
+    body: bytes, cuts: list[int], chunked: bool, version: bytes
+) -> None:
+    if chunked:
+        wire = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body) if body else b"0\r\n\r\n"
+        head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    else:
+        wire, head = body, b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body)
+    points = sorted({c % (len(wire) + 1) for c in cuts} | {0, len(wire)})
+    with Harness(filters=[redact(max_match=8)]) as h:
+        c, up = relay(h, get(version=version))
+        up.send(head)
+        for a, b in zip(points, points[1:], strict=False):
+            up.send(wire[a:b])
+        _, fields, out = split_response(c.take())
+        got = out if version == b"1.0" else dechunk(out)
+        assert got == body.replace(b"secret", b"[REDACTED]")
+        assert field(fields, b"content-length") is None
+        assert c.closed == (version == b"1.0")
+        assert not h.failures
