@@ -31,7 +31,7 @@ from fwproxy import http1
 from fwproxy.bodyfilter import FILTER, BodyChain, FlowGate, Output, drop_length
 from fwproxy.chain import FilterError
 from fwproxy.contracts import ClientConnection, ProxyServices
-from fwproxy.http1 import END
+from fwproxy.http1 import END, ERROR
 from fwproxy.message import Request, Response
 from fwproxy.response import Exchange, ResponseRelay
 from fwproxy.upstream import UpstreamProtocol
@@ -105,11 +105,24 @@ class FilteredResponseRelay(ResponseRelay):
             super()._end()
             return
         self._chain = None  # late events (none should come) pass straight through
-        self._run(chain.end, ending=True, chain=chain)
+        self._run(chain.end, ending=True)
 
-    def _run(
-        self, step: Any, *args: Any, ending: bool = False, chain: BodyChain | None = None
-    ) -> None:
+    def upstream_events(self, events: list[http1.Event]) -> None:
+        if self._pending is not None:  # a filter is deciding; an error cannot wait for it
+            for kind, payload in events:
+                if kind == ERROR:
+                    self.x.upstream_failed(payload)  # type: ignore[arg-type]
+                    return
+        super().upstream_events(events)
+
+    def upstream_lost(self, reason: Failure) -> None:
+        up = self.x.upstream
+        if self._pending is not None and up is not None and up.reader is not None:
+            if up.reader.done:
+                return  # the whole response is here: its end waits for a filter's answer
+        super().upstream_lost(reason)
+
+    def _run(self, step: Any, *args: Any, ending: bool = False) -> None:
         x = self.x
         try:
             result = step(*args)

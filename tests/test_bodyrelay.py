@@ -422,3 +422,31 @@ def test_any_split_of_the_upstream_bytes_gives_the_same_client_body(
         assert field(fields, b"content-length") is None
         assert c.closed == (version == b"1.0")
         assert not h.failures
+
+
+def test_origin_closing_after_a_complete_response_while_a_filter_decides(make: Make) -> None:
+    pending: list[Deferred[Any]] = []
+
+    def later(chunk: bytes | None) -> Any:
+        d: Deferred[Any] = Deferred()
+        pending.append(d)
+        return d
+
+    h = make(filters=[Both(later)])
+    c, up = relay(h)
+    up.send(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 3\r\n\r\nabc")
+    up.lost()  # the response is complete: its END waits for the filter
+    assert c.received() == b""
+    pending[0].callback(b"ABC")
+    pending[1].callback(b"")
+    _, _, body = split_response(c.take())
+    assert dechunk(body) == b"ABC"
+    assert not c.closed and h.records[-1].status == 200
+
+
+def test_origin_lost_mid_body_while_a_filter_decides(make: Make) -> None:
+    h = make(filters=[Both(lambda c: Deferred())])
+    c, up = relay(h)
+    up.send(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nabc")
+    up.lost()
+    assert status_of(c.received()) == 502
