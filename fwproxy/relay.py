@@ -98,9 +98,8 @@ class RelayTransaction(RoutedTransaction):
         self.state = FILTERING
         self.parent = None
         self.upstream: UpstreamProtocol | None = None
-        self.response = (FilteredResponseRelay if proxy.chain.response_body else ResponseRelay)(
-            self
-        )
+        relay = FilteredResponseRelay if proxy.chain.response_body else ResponseRelay
+        self.response = relay(self)
         self.body_filter: RequestBody | None = None  # request body filters that took the body
         self._retried = False
         #: the request body is being streamed upstream
