@@ -20,7 +20,9 @@ from fwproxy.interfaces import (
     IConnectionFilter,
     IDestinationCheck,
     IFilterLifecycle,
+    IRequestBodyFilter,
     IRequestFilter,
+    IResponseBodyFilter,
     IResponseFilter,
     ITransactionObserver,
     IUpstreamSelector,
@@ -92,3 +94,5 @@ class FilterChain:
         self.observers = _hooks(filters, ITransactionObserver, "transactionFinished")
         self.lifecycle = tuple(f for f in filters if IFilterLifecycle.providedBy(f))
         self.upstream = _hooks(filters, IUpstreamSelector, "selectUpstream")
+        self.request_body = _hooks(filters, IRequestBodyFilter, "requestBody")
+        self.response_body = _hooks(filters, IResponseBodyFilter, "responseBody")

@@ -4,7 +4,7 @@
 A *filter* is any object that provides one or more of the hook interfaces below
 (:class:`IConnectionFilter`, :class:`IRequestFilter`, :class:`IConnectFilter`,
 :class:`IDestinationCheck`, :class:`IUpstreamSelector`, :class:`IResponseFilter`,
-:class:`ITransactionObserver`). The proxy
+:class:`IRequestBodyFilter`, :class:`IResponseBodyFilter`, :class:`ITransactionObserver`). The proxy
 calls the hooks of the configured filters in configuration order. The built-in filters (``acl``,
 ``headers``, ``accesslog``) are written against exactly these interfaces.
 
@@ -231,6 +231,113 @@ class IResponseFilter(Interface):
             :class:`fwproxy.message.Response` with a complete ``body`` to send instead (the
             upstream body is then discarded and the upstream connection closed); or a
             Deferred firing with one of those.
+        """
+
+
+class IBodyTransform(Interface):
+    """One message body being filtered: made per transaction by an :class:`IRequestBodyFilter`
+    or :class:`IResponseBodyFilter` (that is where a filter keeps per-body state, such as the
+    tail of the previous chunk). The proxy feeds it the body as it streams, chunk by chunk, in
+    order, never the whole body at once, and sends on what it returns; :meth:`end` is called
+    once after the last chunk. The bytes are the body as sent: a ``Content-Encoding`` (gzip,
+    br) is not decoded, and chunked transfer coding is already removed. Trailers are dropped.
+
+    Answers (of :meth:`data` and :meth:`end`): ``bytes`` or a list of ``bytes`` (zero or more
+    pieces to pass on: ``b""`` or ``[]`` holds everything back for now); a
+    :class:`fwproxy.message.Response` with a complete ``body`` to answer the client with
+    instead of this message (a data-loss-prevention page: the proxy drops the upstream
+    connection; possible only while no byte of the response has gone to the client, which for a
+    filtered response means until this chain first passes on a non-empty piece: after that the
+    client connection is cut); or a :class:`twisted.internet.defer.Deferred` firing with one
+    of those. While a Deferred is pending the side producing this body is not read from (the
+    origin for a response, the client for a request), so a slow filter never makes the proxy
+    buffer. An exception, or a failing Deferred, ends the transaction as a failing hook does
+    (``500`` if nothing was sent yet, else the connection is cut).
+
+    The pieces a transform passes on go to the next body filter's transform, in configuration
+    order, and then to the peer.
+
+    Example (upper-case a body; the length stays)::
+
+        @implementer(IBodyTransform)
+        class Shout:
+            keeps_length = True
+
+            def data(self, chunk):
+                return chunk.upper()
+
+            def end(self):
+                return b""
+    """
+
+    keeps_length = Attribute(
+        "True if the transform passes on exactly as many bytes as it is given (a same-length "
+        "substitution), so the message keeps its Content-Length; False if it may change the "
+        "length: the proxy then drops Content-Length and sends the body chunked (close-"
+        "delimited to an HTTP/1.0 client). A transform that says True and changes the "
+        "length has the connection cut."
+    )
+
+    def data(chunk):  # type: ignore[no-untyped-def]
+        """The next piece of the body (``bytes``, never empty).
+
+        :return: the pieces to pass on, a Response, or a Deferred (see the class docstring).
+        """
+
+    def end():  # type: ignore[misc]
+        """The body is complete: return what is left to pass on (a final piece, ``b""`` for
+        nothing), a Response, or a Deferred of one of those. Not called when the transaction
+        ended early (the peer went away, a timeout): drop what is held."""
+
+
+class IRequestBodyFilter(Interface):
+    """Sees the body of every relayed request that has one (Content-Length over 0, or chunked),
+    plain HTTP and intercepted HTTPS alike.
+
+    Example (refuse uploads that carry a marker; the body streams through unchanged)::
+
+        @implementer(IRequestBodyFilter)
+        class NoSecrets:
+            def requestBody(self, request):
+                return Scan(b"TOP-SECRET")  # an IBodyTransform with keeps_length = True
+    """
+
+    def requestBody(request):  # type: ignore[no-untyped-def]
+        """A request body is about to stream upstream (after the request hooks allowed it,
+        before its head is sent upstream).
+
+        :param request: the :class:`fwproxy.message.Request` as it is sent upstream.
+        :return: an :class:`IBodyTransform` for this body, or ``None`` to leave it alone
+            (no per-chunk cost then). Must answer synchronously. A Response from the transform
+            answers the client (unless the origin's answer has started) and closes the
+            upstream connection.
+        """
+
+
+class IResponseBodyFilter(Interface):
+    """Sees the body of every relayed response that has one: not the answer to a ``HEAD``,
+    not ``204``, ``304`` or ``1xx``. Plain HTTP and intercepted HTTPS alike.
+
+    Example (cap what the client receives)::
+
+        @implementer(IResponseBodyFilter)
+        class Cap:
+            def responseBody(self, request, response):
+                if response.headers.get(b"content-type", b"").startswith(b"video/"):
+                    return None
+                return Limit(10_000_000)  # an IBodyTransform
+    """
+
+    def responseBody(request, response):  # type: ignore[no-untyped-def]
+        """A response head passed the :class:`IResponseFilter` hooks and its body is about to
+        stream. The head is held back until the first filtered piece (or the end), so a
+        transform may still replace the whole response until then.
+
+        :param request: the :class:`fwproxy.message.Request` as it was sent upstream.
+        :param response: the :class:`fwproxy.message.Response` head about to be sent; its
+            headers may still be changed here.
+        :return: an :class:`IBodyTransform` for this body, or ``None`` to leave it alone.
+            Must answer synchronously.
         """
 
 

@@ -14,10 +14,18 @@ from fwproxy.filters.accesslog import AccessLogFactory
 from fwproxy.filters.acl import AclFilterFactory
 from fwproxy.filters.headers import HeadersFilterFactory
 from fwproxy.filters.ratelimit import RateLimitFactory
+from fwproxy.filters.redact import RedactFactory
 from fwproxy.interfaces import IFilterContext, IFilterFactory
 
 BUILTINS: dict[str, Any] = {
-    f.name: f for f in (AclFilterFactory, HeadersFilterFactory, AccessLogFactory, RateLimitFactory)
+    f.name: f
+    for f in (
+        AclFilterFactory,
+        HeadersFilterFactory,
+        AccessLogFactory,
+        RateLimitFactory,
+        RedactFactory,
+    )
 }
 
 
@@ -46,7 +54,8 @@ class _CallableFactory:
 def find_factory(name: str) -> Any:
     """The :class:`IFilterFactory` called ``name``.
 
-    Looked up, in order: the built-ins (``acl``, ``headers``, ``accesslog``, ``ratelimit``);
+    Looked up, in order: the built-ins (``acl``, ``headers``, ``accesslog``, ``ratelimit``,
+    ``redact``);
     factories registered in ``twisted/plugins/`` dropins (by their ``name``); a dotted path to
     an ``IFilterFactory`` provider or to a callable ``(options, context) -> filter``.
 

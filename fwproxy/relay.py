@@ -27,6 +27,7 @@ from mypy_extensions import mypyc_attr
 from twisted.internet.defer import CancelledError
 
 from fwproxy import http1, writes
+from fwproxy.bodyrelay import FilteredResponseRelay, RequestBody
 from fwproxy.contracts import ClientConnection, ProxyServices
 from fwproxy.destination import RoutedTransaction
 from fwproxy.http1 import BODY, END, ERROR, ProtocolError, RequestHead
@@ -74,6 +75,20 @@ def _with_host(fields: list[tuple[bytes, bytes]], host_header: bytes) -> list[tu
     return fields
 
 
+def _retryable(txn: RelayTransaction, conn: UpstreamProtocol) -> bool:
+    """Whether ``txn`` failed on a kept-alive connection before anything happened on it."""
+    return (
+        conn.reused
+        and txn.status == 0
+        and not txn.response.started
+        and conn.reader is not None
+        and not conn.reader.started
+        and txn.request_done
+        and not txn.head.has_body
+        and txn.head.method in _IDEMPOTENT
+    )
+
+
 @mypyc_attr(allow_interpreted_subclasses=True)
 class RelayTransaction(RoutedTransaction):
     """One relayed request/response."""
@@ -83,7 +98,9 @@ class RelayTransaction(RoutedTransaction):
         self.state = FILTERING
         self.parent = None
         self.upstream: UpstreamProtocol | None = None
-        self.response = ResponseRelay(self)
+        relay = FilteredResponseRelay if proxy.chain.response_body else ResponseRelay
+        self.response = relay(self)
+        self.body_filter: RequestBody | None = None  # request body filters that took the body
         self._retried = False
         #: the request body is being streamed upstream
         self.uploading = False
@@ -180,7 +197,9 @@ class RelayTransaction(RoutedTransaction):
         if self.parent is not None:
             self.parent_connected(not conn.reused)
             target, fields = to_parent(self.parent, req, fields)
-        if head.chunked:
+        if self.proxy.chain.request_body and head.has_body:
+            self.body_filter, fields = RequestBody.start(self, req, head, fields)
+        if head.chunked or (self.body_filter is not None and self.body_filter.chunked):
             fields = [*fields, (b"Transfer-Encoding", b"chunked")]
         writes.write(conn.transport, http1.request_head(head.method, target, fields))
         if self.request_done:
@@ -197,7 +216,8 @@ class RelayTransaction(RoutedTransaction):
         if kind == ERROR:
             return not self.request_done
         if self.uploading or self.discarding:
-            return kind == BODY or kind == END
+            held = self.body_filter is not None and self.body_filter.waiting
+            return (kind == BODY or kind == END) and not held
         return kind == END and not self.head.has_body
 
     def client_event(self, kind: int, payload: Any) -> None:
@@ -214,12 +234,17 @@ class RelayTransaction(RoutedTransaction):
                 self._drop_upstream()
                 self.client_error(ProtocolError(413, f"request body over {limit} bytes"))
                 return
-            if self.head.chunked:
+            if self.body_filter is not None:
+                self.body_filter.data(payload)
+            elif self.head.chunked:
                 transport.writeSequence(http1.chunk(payload))
             else:
                 transport.write(payload)
         elif kind == END:
             self.request_done = True
+            if self.body_filter is not None:
+                self.body_filter.end()  # hands the END back once the filters have ended
+                return
             self.uploading = False
             if self.head.chunked:
                 transport.write(http1.LAST_CHUNK)
@@ -257,7 +282,7 @@ class RelayTransaction(RoutedTransaction):
     def response_ended(self, keep_alive: bool) -> None:
         conn, self.upstream = self.upstream, None
         if conn is not None:
-            if self.request_done:
+            if self.request_done and not self.uploading:
                 self.proxy.pool.release(conn)
             else:
                 self.proxy.pool.discard(conn)  # the request body was not all sent
@@ -267,18 +292,7 @@ class RelayTransaction(RoutedTransaction):
         if self.done:
             return
         conn = self.upstream
-        if (
-            conn is not None
-            and conn.reused
-            and not self._retried
-            and self.status == 0
-            and not self.response.started
-            and conn.reader is not None
-            and not conn.reader.started
-            and self.request_done
-            and not self.head.has_body
-            and self.head.method in _IDEMPOTENT
-        ):
+        if conn is not None and not self._retried and _retryable(self, conn):
             # a kept-alive connection the origin had closed: try once on a fresh one
             self._retried = True
             self.upstream = None

@@ -126,15 +126,15 @@ class ResponseRelay:
                 # the whole response came in this read: nothing left to stream with flow control
                 self._whole = events[-1][0] == END
                 self._got_head(payload)  # type: ignore[arg-type]
-                if self._pending is not None:
-                    self._pending.extend(events[i + 1 :])
-                    return
             elif kind == END:
                 self._end()
             elif kind == INTERIM:
                 self._interim(payload)  # type: ignore[arg-type]
             elif kind == ERROR:
                 x.upstream_failed(payload)  # type: ignore[arg-type]
+            if self._pending is not None:  # a hook is deciding: hold the rest of this read
+                self._pending.extend(events[i + 1 :])
+                return
 
     def _interim(self, rh: ResponseHead) -> None:
         self.x.deadline.touch()
@@ -212,13 +212,18 @@ class ResponseRelay:
         if kind != "none" and x.upstream is not None and not self._whole:
             up = x.upstream.transport
             client = x.conn.stream
+            source = self._source(up)
             if kind != "length" or (rh.content_length or 0) > PACE_OVER:
                 # a large body: large reads while the client keeps up, small ones once it lags
                 self._producing = Pacing((client, up), x.proxy.reactor)
-                self._producing.link(up, client)
+                self._producing.link(source, client)
             else:
-                client.registerProducer(up, True)
+                client.registerProducer(source, True)
                 self._producing = True
+
+    def _source(self, upstream: Any) -> Any:
+        """The producer to register on the client for ``upstream`` (body filters gate it)."""
+        return upstream
 
     def _body(self, data: bytes) -> None:
         self.x.bytes_out += len(data)

@@ -207,3 +207,55 @@ def test_acme_tagger_bad_option_is_a_config_error(tmp_path: Path) -> None:
     assert r.stderr.strip().splitlines() == [
         f"{conf}:1: filters[0]: tag: 'not ok!' must be letters and digits"
     ]
+
+
+def test_body_cap_example_refuses_or_cuts(tmp_path: Path) -> None:
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        from body_cap import BodyCapFactory
+    finally:
+        sys.path.remove(str(EXAMPLES))
+    from fwproxy.testing import Harness, get, status_of
+
+    with Harness(filters=[BodyCapFactory.build({"max_bytes": 10}, None)]) as h:
+        client = h.connect()
+        client.send(get(b"http://example.com/big"))
+        upstream = h.accept()
+        upstream.send(b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\nhello")
+        assert status_of(client.received()) == 502  # refused before any byte was sent
+        assert upstream.closed
+
+        client = h.connect()
+        client.send(get(b"http://example.com/small"))
+        upstream = h.accept()
+        upstream.send(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+        assert client.received().endswith(b"Content-Length: 5\r\n\r\nhello")
+
+        client = h.connect()
+        client.send(get(b"http://example.com/stream"))  # on the kept-alive connection
+        assert len(h.attempts) == 2
+        upstream.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nhello!\r\n")
+        assert status_of(client.received()) == 200
+        upstream.send(b"6\r\nhello!\r\n")
+        assert client.closed  # over the cap once streaming: the connection is cut
+        [cut] = h.take_failures()
+        assert "after the response had started" in cut.getErrorMessage()
+    assert [r.status for r in h.records] == [502, 200, 200]
+
+
+def test_body_cap_bad_option_is_a_config_error(tmp_path: Path) -> None:
+    conf = tmp_path / "p.toml"
+    conf.write_text(
+        '[[filters]]\nname = "body_cap.BodyCapFactory"\noptions = { max_bytes = "lots" }\n'
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "fwproxy.cli", "check-config", str(conf)],
+        env=env_with(EXAMPLES),
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [
+        f"{conf}:1: filters[0]: max_bytes: 'lots' must be a whole number of bytes"
+    ]
