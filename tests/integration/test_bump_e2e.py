@@ -6,6 +6,7 @@ another CA (trusted by the proxy through ``[tls] ca_file``), and real clients: c
 
 from __future__ import annotations
 
+import re
 import shutil
 import socket
 import ssl
@@ -290,3 +291,21 @@ ca_file = "{origin_ca_file}"
     wait_until(lambda: "rejected fwproxy's certificate" in running_proxy.output(), 5)
     [line] = [x for x in running_proxy.output().splitlines() if "rejected fwproxy's" in x]
     assert "from 127.0.0.1:" in line and "to localhost" in line and "alert unknown ca" in line
+
+
+def test_a_body_filter_redacts_inside_a_bumped_tunnel(
+    fwproxy: Any, tls_origin: Any, ca_dir: Path, origin_ca_file: Path
+) -> None:
+    # the streaming body filters apply to intercepted HTTPS as to plain HTTP: the response is
+    # re-framed (its length changes) and matches split across TLS records and reads are redacted
+    redact = (
+        '\n[[filters]]\nname = "redact"\noptions = { patterns = ["[a-z]{3}"], replacement = "#" }\n'
+    )
+    proxy = fwproxy(config(tls_origin.port, ca_dir, origin_ca_file) + redact, resolver=RESOLVER)
+    size = 200_000
+    url = f"https://bump.test:{tls_origin.port}/bytes/{size}"
+    out = curl(proxy, url, ca_dir / "ca.pem", "--http1.1")
+    assert out.returncode == 0, out.stderr
+    expected = re.sub(rb"[a-z]{3}", b"#", pattern(size))
+    assert expected != pattern(size)
+    assert out.stdout == expected
