@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 from OpenSSL import SSL
+from twisted.internet.defer import Deferred
 from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 from zope.interface import implementer
 
@@ -318,3 +319,86 @@ def test_a_half_close_after_a_request_still_gets_the_answer(
     assert c.closed  # then the proxy closes: nothing more can come
     c.lost()
     assert [r.method for r in h.records] == ["GET", "CONNECT"]
+
+
+# -- drain (SIGTERM): an intercepted connection closes as a plain keep-alive one -------------
+
+
+def closed_by_proxy(tls: MemoryTLSClient) -> bool:
+    """The proxy sent its close_notify: the client reads the end of the TLS stream."""
+    tls.pump()
+    try:
+        tls.conn.recv(65536)
+    except SSL.ZeroReturnError:
+        return True
+    except SSL.WantReadError:
+        return False
+    return False
+
+
+def test_drain_closes_an_idle_intercepted_connection_at_once(
+    make: Callable[..., Harness], ca_dir: Path
+) -> None:
+    h = make(bump_config(ca_dir), filters=[Answer()])
+    c, _, tls = bumped(h, ca_dir / "ca.pem")
+    assert tls.request(b"GET /a HTTP/1.1\r\nHost: example.com\r\n\r\n").startswith(b"HTTP/1.1 200")
+    drained: list[object] = []
+    h.factory.drain(60).addCallback(drained.append)
+    assert closed_by_proxy(tls)
+    tls.conn.shutdown()  # the client answers the close_notify: the proxy closes the TCP
+    tls.pump()
+    assert c.closed
+    c.lost()
+    assert drained == [None]  # at once, not at the drain timeout
+    assert [r.method for r in h.records] == ["GET", "CONNECT"]
+
+
+@implementer(IRequestFilter)
+class Held:
+    """Holds every request until :meth:`release` (a request in flight)."""
+
+    def __init__(self) -> None:
+        self.pending: list[Deferred[Response | None]] = []
+
+    def requestReceived(self, request: Request) -> Deferred[Response | None]:
+        d: Deferred[Response | None] = Deferred()
+        self.pending.append(d)
+        return d
+
+    def release(self) -> None:
+        for d in self.pending:
+            d.callback(Response.text(200, "late answer"))
+
+
+def test_drain_finishes_the_request_in_flight_then_closes(
+    make: Callable[..., Harness], ca_dir: Path
+) -> None:
+    held = Held()
+    h = make(bump_config(ca_dir), filters=[held])
+    c, _, tls = bumped(h, ca_dir / "ca.pem")
+    assert tls.request(b"GET /slow HTTP/1.1\r\nHost: example.com\r\n\r\n") == b""
+    drained: list[object] = []
+    h.factory.drain(60).addCallback(drained.append)
+    h.clock.advance(1)
+    assert not closed_by_proxy(tls) and not c.closed and held.pending
+    held.release()
+    tls.pump()
+    answer = tls.conn.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"late answer\n"), answer
+    assert closed_by_proxy(tls)  # then closed, at the request boundary
+    c.lost()
+    assert drained == [None]
+    assert [(r.method, r.status) for r in h.records] == [("GET", 200), ("CONNECT", 200)]
+
+
+def test_an_intercepted_connection_counts_once(make: Callable[..., Harness], ca_dir: Path) -> None:
+    """The connection inside the TLS is not counted again: neither against
+    ``limits.max_connections`` nor in the connections gauge."""
+    h = make(bump_config(ca_dir) + "[limits]\nmax_connections = 2\n", filters=[Answer()])
+    c, _, tls = bumped(h, ca_dir / "ca.pem")
+    assert tls.request(b"GET /a HTTP/1.1\r\nHost: example.com\r\n\r\n").startswith(b"HTTP/1.1 200")
+    assert h.factory.connections == {c.proto}
+    assert h.factory._gauges() == (1, 1)  # one connection, a tunnel
+    other = h.connect()
+    other.send(b"GET http://example.net/ HTTP/1.1\r\nHost: example.net\r\n\r\n")
+    assert not other.received().startswith(b"HTTP/1.1 503")
