@@ -290,3 +290,19 @@ ca_file = "{origin_ca_file}"
     wait_until(lambda: "rejected fwproxy's certificate" in running_proxy.output(), 5)
     [line] = [x for x in running_proxy.output().splitlines() if "rejected fwproxy's" in x]
     assert "from 127.0.0.1:" in line and "to localhost" in line and "alert unknown ca" in line
+
+
+def test_a_connect_to_an_ip_address_is_verified_against_the_server_name(
+    fwproxy: Any, tls_origin: Any, ca_dir: Path, origin_ca_file: Path
+) -> None:
+    # the origin's certificate names bump.test, not 127.0.0.1: the client's server name decides
+    proxy = fwproxy(config(tls_origin.port, ca_dir, origin_ca_file), resolver=RESOLVER)
+    tls_origin.clear()
+    with _tunnel(proxy, f"127.0.0.1:{tls_origin.port}", ca_dir / "ca.pem", "bump.test") as s:
+        host = f"bump.test:{tls_origin.port}"
+        s.sendall(f"GET /bytes/4 HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        answer = _read_response(s)
+        assert answer.startswith(b"HTTP/1.1 200 "), answer
+    assert tls_origin.server_names[-1] == "bump.test"
+    inner = proxy.wait_for_records(2)[0]
+    assert inner.target == f"https://bump.test:{tls_origin.port}/bytes/4"
