@@ -183,6 +183,12 @@ class Bump:
         if self.ended:
             return
         self.eof = True
+        conn = self.tls.getHandle()
+        if isinstance(conn, SSL.Connection) and conn.get_shutdown() & SSL.SENT_SHUTDOWN:
+            # the proxy has closed its side, everything sent (its close_notify is out: a
+            # drain, a last answer); the client will not answer with a close_notify of its own
+            self.client_t.loseConnection()
+            return
         half = IHalfCloseableProtocol(self.inner, None)
         if half is not None:
             half.readConnectionLost()  # the requests in flight still get their answers

@@ -517,3 +517,17 @@ def test_ech_splices_a_tunnel_the_rules_would_bump_and_says_so(
     assert not up.closed and up.received() == hello  # spliced
     [line] = [i for i in infos if "spliced, not bumped" in i]
     assert "'bump all'" in line and "ECH" in line and "to example.com:443" in line
+
+
+def test_a_client_answering_the_close_with_a_fin_is_closed(
+    make: Callable[..., Harness], ca_dir: Path
+) -> None:
+    """After the proxy's close_notify, a client that shuts down its side without a
+    close_notify of its own (Python's ssl, many others) has the connection closed."""
+    h = make(bump_config(ca_dir), filters=[Answer()])
+    c, _, tls = bumped(h, ca_dir / "ca.pem")
+    answer = tls.request(b"GET /a HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    assert closed_by_proxy(tls) and not c.closed
+    c.shutdown_write()
+    assert c.closed
