@@ -400,7 +400,9 @@ def test_an_intercepted_connection_counts_once(make: Callable[..., Harness], ca_
     c, _, tls = bumped(h, ca_dir / "ca.pem")
     assert tls.request(b"GET /a HTTP/1.1\r\nHost: example.com\r\n\r\n").startswith(b"HTTP/1.1 200")
     assert h.factory.connections == {c.proto}
-    assert h.factory._gauges() == (1, 1)  # one connection, a tunnel
+    gauges = {m.name: m.samples[0].value for m in h.factory.metrics.families() if m.type == "gauge"}
+    # one connection, a tunnel
+    assert gauges == {"fwproxy_active_connections": 1, "fwproxy_active_tunnels": 1}
     other = h.connect()
     other.send(b"GET http://example.net/ HTTP/1.1\r\nHost: example.net\r\n\r\n")
     assert not other.received().startswith(b"HTTP/1.1 503")
