@@ -1,0 +1,88 @@
+# -*- test-case-name: tests.test_acl_regex -*-
+"""The ACL types that match regular expressions, as Squid's: ``dstdom_regex`` (the host,
+case-insensitive), ``url_regex`` (the URL as sent, case-sensitive) and ``urlpath_regex`` (the
+path and query of a relayed request, %-decoded as Squid's ``rfc1738_unescape`` does,
+case-sensitive; never a CONNECT, which has no path). Case-insensitivity where it is not the
+default is written ``(?i)`` in the pattern (Squid's ``-i``). Patterns are Python regular
+expressions, compiled once; :func:`regexes` names the bad one.
+"""
+
+from __future__ import annotations
+
+import re
+
+from fwproxy.acl_base import Acl, AclContext, AclError, strings
+
+
+def regexes(name: str, kind: str, values: object, flags: int) -> tuple[re.Pattern[str], ...]:
+    """Compile an ACL's patterns; :class:`AclError` names the first that is not one."""
+    out = []
+    for v in strings(name, kind, values):
+        try:
+            out.append(re.compile(v, flags))
+        except re.error as e:
+            raise AclError(f"acl.{name}.{kind}: bad regular expression {v!r}: {e}") from None
+    return tuple(out)
+
+
+class DstDomRegexAcl(Acl):
+    kind = "dstdom_regex"
+
+    def __init__(self, name: str, values: object) -> None:
+        super().__init__(name)
+        self.patterns = regexes(name, self.kind, values, re.IGNORECASE)
+
+    def match(self, ctx: AclContext) -> bool:
+        return any(p.search(ctx.host) for p in self.patterns)
+
+
+class UrlRegexAcl(Acl):
+    """Case-sensitive like squid's; write ``(?i)`` in a pattern for case-insensitive."""
+
+    kind = "url_regex"
+
+    def __init__(self, name: str, values: object) -> None:
+        super().__init__(name)
+        self.patterns = regexes(name, self.kind, values, 0)
+
+    def match(self, ctx: AclContext) -> bool:
+        return any(p.search(ctx.url) for p in self.patterns)
+
+
+#: ``%%`` or ``%`` and two hex digits (see :func:`unescape`)
+_ESCAPE = re.compile(rb"%(%|[0-9A-Fa-f]{2})")
+
+
+def _unescaped(m: re.Match[bytes]) -> bytes:
+    code = m.group(1)
+    if code == b"%":
+        return b"%"
+    value = int(code, 16)
+    return bytes((value,)) if value else m.group(0)
+
+
+def unescape(path: bytes) -> str:
+    """``path`` %-decoded as Squid's ``rfc1738_unescape``: ``%XX`` becomes its byte except
+    ``%00``, which stays; ``%%`` becomes ``%``; a ``%`` not followed by two hex digits stays.
+    Bytes are read as Latin-1 (one character per byte, as Squid's C string regex sees them)."""
+    if b"%" not in path:
+        return path.decode("latin-1")
+    return _ESCAPE.sub(_unescaped, path).decode("latin-1")
+
+
+class UrlPathRegexAcl(Acl):
+    """Squid's ``urlpath_regex``: the path with its query (``/a/b.gif?x=1``), %-decoded;
+    case-sensitive (``(?i)`` in a pattern for case-insensitive). A CONNECT has no path: Squid
+    cannot evaluate the ACL and counts it as not matching (so ``!`` of it matches)."""
+
+    kind = "urlpath_regex"
+
+    def __init__(self, name: str, values: object) -> None:
+        super().__init__(name)
+        self.patterns = regexes(name, self.kind, values, 0)
+
+    def match(self, ctx: AclContext) -> bool:
+        if not ctx.path:
+            return False
+        path = unescape(ctx.path)
+        return any(p.search(path) for p in self.patterns)
