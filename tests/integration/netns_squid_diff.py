@@ -1,0 +1,447 @@
+"""Run inside new network and mount namespaces (``unshare -n -m``, as root) by
+tests/integration/test_squid_differential.py: the differential test of ``fwproxy convert-squid``
+against Debian's real squid.
+
+The namespace's loopback gets client addresses (:data:`CLIENTS`) and the destination range
+198.18.0.0/15 (a local route: every address in it is this host), a private ``/etc/hosts``
+(:data:`HOSTS`, bind-mounted) and ``/etc/resolv.conf`` (a name server on 127.0.0.1 that is not
+there, so a name outside the hosts file fails at once) so that squid and fwproxy resolve the
+same names to the same addresses; origins answer ``200`` on every address of the range on the
+ports of :data:`PORTS`. For each corpus config (copied to a work directory, ``@DIR@`` replaced by
+its path, a bcrypt password file written next to it), squid runs on the config with the lines a
+test run needs (:data:`SQUID_RUN_LINES`), then fwproxy (``twistd -n fwproxy``) on what
+:func:`fwproxy.squidconf.convert` made of it, on the same ports one after the other; both get the
+same matrix of requests (client address x proxy port x destination x port x GET path or CONNECT
+x credentials), sent from sockets bound to the client addresses, and only the access decisions
+are compared: denied (403 or 407 from the proxy) or not. Prints one JSON object per config on
+stdout; a table of the disagreements on stderr. Nothing leaves the namespace.
+
+    unshare -n -m python netns_squid_diff.py REPO_ROOT WORK_DIR CORPUS_DIR [CONFIG.conf ...]
+
+A config with a ``handwritten/NAME.toml`` is also run with that file (until the converter
+exists, instead of the conversion), and one with ``handwritten/NAME.mutant.toml`` with that
+too, which must disagree: the proof that the comparison can fail.
+"""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import socketserver
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SQUID = "/usr/sbin/squid"
+#: clients: the loopback, private ranges the corpus names, and the story's allowed address
+CLIENTS = ("127.0.0.1", "10.1.0.5", "10.2.0.7", "192.168.3.4", "203.0.113.7")
+HOSTS = {
+    "www.example.com": "198.18.0.10",
+    "example.com": "198.18.0.11",
+    "api.internal.test": "198.18.1.20",
+    "ads.tracker.test": "198.18.2.30",
+    "cdn.images.test": "198.19.0.5",
+    "images.test": "198.19.0.6",
+}
+#: destinations: names of the hosts file (one in upper case), a name that does not resolve,
+#: literal addresses with and without a name in the hosts file
+DESTINATIONS = (
+    *HOSTS,
+    "WWW.Example.COM",
+    "nowhere.invalid",
+    "198.18.0.10",
+    "198.18.2.31",
+    "198.18.3.3",
+)
+PORTS = (80, 443, 8080, 22)
+PATHS = ("/", "/img/a.GIF", "/%61dmin/x?q=1", "/squid-internal-mgr/menu")
+USERS = {"alice": "Secret-1", "bob": "Secret-2"}
+#: the credentials dimension, for configs that authenticate: none, valid ones, a wrong password
+CREDENTIALS = (None, ("alice", "Secret-1"), ("bob", "Secret-2"), ("alice", "wrong"))
+SQUID_RUN_LINES = """
+# -- added for the differential test run
+pid_filename {dir}/squid.pid
+cache_log {dir}/cache.log
+access_log stdio:{dir}/access.log
+coredump_dir {dir}
+cache deny all
+dns_nameservers 127.0.0.1
+shutdown_lifetime 0 seconds
+pinger_enable off
+"""
+#: directives of a corpus config that would write outside the run's directory, or that this
+#: squid cannot run with: left out of squid's copy only (none of them decides access)
+SQUID_DROPPED = re.compile(r"^\s*(access_log|cache_log|pid_filename|cache_dir\s+null)\b", re.I)
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One request of the matrix."""
+
+    client: str
+    proxy_port: int
+    method: str  # GET or CONNECT
+    host: str
+    port: int
+    path: str
+    user: str
+    password: str
+
+    def wire(self) -> bytes:
+        authority = f"{self.host}:{self.port}"
+        auth = ""
+        if self.user:
+            token = base64.b64encode(f"{self.user}:{self.password}".encode()).decode()
+            auth = f"Proxy-Authorization: Basic {token}\r\n"
+        if self.method == "CONNECT":
+            head = f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n"
+        else:
+            shown = self.host if self.port == 80 else authority
+            head = f"GET http://{shown}{self.path} HTTP/1.1\r\nHost: {shown}\r\n"
+        return f"{head}{auth}Connection: close\r\n\r\n".encode()
+
+    def label(self) -> str:
+        who = f" as {self.user}:{self.password}" if self.user else ""
+        what = (
+            f"CONNECT {self.host}:{self.port}"
+            if self.method == "CONNECT"
+            else f"GET http://{self.host}:{self.port}{self.path}"
+        )
+        return f"{self.client} -> :{self.proxy_port} {what}{who}"
+
+
+def sh(*args: str) -> None:
+    subprocess.run(args, check=True, capture_output=True)
+
+
+def setup_namespace(work: Path) -> None:
+    sh("ip", "link", "set", "lo", "up")
+    for address in CLIENTS[1:]:
+        sh("ip", "addr", "add", f"{address}/32", "dev", "lo")
+    sh("ip", "route", "add", "local", "198.18.0.0/15", "dev", "lo")
+    hosts = work / "hosts"
+    hosts.write_text(
+        "127.0.0.1 localhost\n::1 localhost\n" + "".join(f"{a} {n}\n" for n, a in HOSTS.items())
+    )
+    resolv = work / "resolv.conf"
+    resolv.write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
+    for path, target in ((hosts, "/etc/hosts"), (resolv, "/etc/resolv.conf")):
+        os.chmod(path, 0o644)
+        sh("mount", "--bind", str(path), target)
+
+
+class OriginHandler(socketserver.BaseRequestHandler):
+    """Answers any request with 200; after a proxy's CONNECT, waits for the client to close."""
+
+    def handle(self) -> None:
+        sock = self.request
+        sock.settimeout(5)
+        data = b""
+        try:
+            while b"\r\n\r\n" not in data:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    return
+                data += chunk
+            sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+        except OSError:
+            pass
+
+
+class Origin(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+def nxdomain_server() -> socket.socket:
+    """A name server on 127.0.0.1:53 that answers every query "no such name" at once (the
+    names the test uses are in the hosts file; any other fails fast for squid and fwproxy)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 53))
+
+    def serve() -> None:
+        while True:
+            try:
+                query, peer = sock.recvfrom(512)
+            except OSError:
+                return
+            if len(query) < 12:
+                continue
+            # same id and question; QR=1, RD copied, RA=1, RCODE=3; no answers
+            flags = bytes((0x80 | (query[2] & 0x01), 0x83))
+            sock.sendto(query[:2] + flags + query[4:6] + b"\0\0\0\0\0\0" + query[12:], peer)
+
+    threading.Thread(target=serve, daemon=True).start()
+    return sock
+
+
+def start_origins() -> list[Origin]:
+    origins = []
+    for port in PORTS:
+        server = Origin(("0.0.0.0", port), OriginHandler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        origins.append(server)
+    return origins
+
+
+def ask(probe: Probe, timeout: float = 15) -> int:
+    """The status line's code the proxy answered ``probe`` with (0: no answer)."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.bind((probe.client, 0))
+            s.connect((probe.client, probe.proxy_port))
+            s.sendall(probe.wire())
+            data = b""
+            while b"\r\n" not in data:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+    except OSError:
+        return 0
+    m = re.match(rb"HTTP/1\.[01] (\d{3})", data)
+    return int(m.group(1)) if m else 0
+
+
+def denied(status: int) -> bool | None:
+    """The access decision of an answer: denied (403, 407), let through, or no answer."""
+    if status == 0:
+        return None
+    return status in (403, 407)
+
+
+def run_matrix(probes: list[Probe]) -> list[int]:
+    with concurrent.futures.ThreadPoolExecutor(max_workers=24) as pool:
+        return list(pool.map(ask, probes))
+
+
+def listening_ports(text: str) -> list[int]:
+    """The ports of a squid config's ``http_port`` lines (the corpus puts them in the main
+    file)."""
+    ports = re.findall(r"^\s*http_port\s+(?:\S*:)?(\d+)\b", text, re.M | re.I)
+    return sorted({int(p) for p in ports})
+
+
+def wait_listening(ports: list[int], proc: subprocess.Popen[bytes], what: str) -> None:
+    deadline = time.monotonic() + 30
+    pending = list(ports)
+    while pending and time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", pending[0]), timeout=1).close()
+            pending.pop(0)
+        except OSError:
+            time.sleep(0.05)
+    if pending:
+        raise RuntimeError(f"{what} did not listen on {pending}")
+
+
+def wait_closed(ports: list[int]) -> None:
+    deadline = time.monotonic() + 20
+    for port in ports:
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                time.sleep(0.05)
+            except OSError:
+                break
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def run_squid(
+    conf: Path, run_dir: Path, ports: list[int], probes: list[Probe]
+) -> tuple[list[int], str]:
+    text = conf.read_text()
+    kept = "".join(
+        line if not SQUID_DROPPED.match(line) else "# (left out for this run) " + line
+        for line in text.splitlines(keepends=True)
+    )
+    squid_conf = run_dir / "squid.conf"
+    squid_conf.write_text(kept + SQUID_RUN_LINES.format(dir=run_dir))
+    out = open(run_dir / "squid.out", "wb")  # noqa: SIM115 - squid's output, for a failure
+    proc = subprocess.Popen([SQUID, "-N", "-f", str(squid_conf)], stdout=out, stderr=out)
+    try:
+        wait_listening(ports, proc, "squid")
+        return run_matrix(probes), ""
+    except RuntimeError as e:
+        log = (
+            (run_dir / "cache.log").read_text(errors="replace")
+            if (run_dir / "cache.log").exists()
+            else ""
+        )
+        return [], f"{e}: {log[-2000:]}"
+    finally:
+        stop(proc)
+        out.close()
+        wait_closed(ports)
+
+
+def run_fwproxy(
+    repo: str, toml: Path, run_dir: Path, ports: list[int], probes: list[Probe]
+) -> tuple[list[int], str]:
+    env = dict(os.environ, PYTHONPATH=repo)
+    log = open(run_dir / f"{toml.stem}.out", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+         "-n", "--pidfile=", "fwproxy", "--config", str(toml)],
+        stdout=log, stderr=log, env=env, cwd=run_dir,
+    )  # fmt: skip
+    try:
+        wait_listening(ports, proc, "fwproxy")
+        return run_matrix(probes), ""
+    except RuntimeError as e:
+        log.flush()
+        out = (run_dir / f"{toml.stem}.out").read_text(errors="replace")
+        return [], f"{e}: {out[-2000:]}"
+    finally:
+        stop(proc)
+        log.close()
+        wait_closed(ports)
+
+
+def probes_for(text: str, ports: list[int]) -> list[Probe]:
+    creds: tuple[Any, ...] = CREDENTIALS if "proxy_auth" in text else (None,)
+    out = []
+    for client in CLIENTS:
+        for proxy_port in ports:
+            for host in DESTINATIONS:
+                for port in PORTS:
+                    for cred in creds:
+                        user, password = cred or ("", "")
+                        for path in PATHS:
+                            out.append(
+                                Probe(client, proxy_port, "GET", host, port, path, user, password)
+                            )
+                        out.append(
+                            Probe(client, proxy_port, "CONNECT", host, port, "", user, password)
+                        )
+    return out
+
+
+def prepare_corpus(corpus: Path, work: Path) -> Path:
+    """The corpus copied to ``work/corpus``, ``@DIR@`` replaced by that directory, readable by
+    squid's unprivileged user, with the bcrypt password file the auth config names."""
+    import bcrypt
+
+    copy = work / "corpus"
+    shutil.copytree(corpus, copy)
+    for path in copy.rglob("*"):
+        if path.is_file() and path.suffix in (".conf", ".txt"):
+            path.write_text(path.read_text().replace("@DIR@", str(copy)))
+    (copy / "files" / "passwd").write_text(
+        "".join(
+            f"{u}:{bcrypt.hashpw(p.encode(), bcrypt.gensalt(rounds=4)).decode()}\n"
+            for u, p in USERS.items()
+        )
+    )
+    for path in [copy, *copy.rglob("*")]:
+        os.chmod(path, 0o755 if path.is_dir() else 0o644)
+    return copy
+
+
+def convert(conf: Path) -> tuple[str | None, dict[str, Any]]:
+    """The converter's TOML for ``conf`` and what it said (``None``: no converter yet)."""
+    try:
+        from fwproxy.squidconf import convert as squid_convert
+    except ImportError:
+        return None, {"converter": "missing"}
+    result = squid_convert(str(conf), force=False, guard=True)
+    said = {
+        "exit_code": result.exit_code,
+        "messages": [str(m) for m in result.messages],
+        "errors": [str(e) for e in result.errors],
+    }
+    if result.exit_code != 0:
+        result = squid_convert(str(conf), force=True, guard=True)
+    return result.toml, said
+
+
+def compare(probes: list[Probe], squid: list[int], fw: list[int]) -> list[dict[str, Any]]:
+    return [
+        {"request": p.label(), "squid": s, "fwproxy": f}
+        for p, s, f in zip(probes, squid, fw, strict=True)
+        if denied(s) != denied(f)
+    ]
+
+
+def main(repo: str, work_dir: str, corpus_dir: str, names: list[str]) -> None:
+    work = Path(work_dir)
+    corpus = prepare_corpus(Path(corpus_dir), work)
+    setup_namespace(work)
+    origins = start_origins()
+    dns = nxdomain_server()
+    confs = [corpus / n for n in names] if names else sorted(corpus.glob("*.conf"))
+    results: dict[str, Any] = {}
+    for conf in confs:
+        started = time.monotonic()
+        run_dir = work / "run" / conf.stem
+        run_dir.mkdir(parents=True)
+        shutil.chown(run_dir, "proxy")
+        text = conf.read_text()
+        ports = listening_ports(text) or [3128]
+        probes = probes_for(text, ports)
+        entry: dict[str, Any] = {"requests": len(probes), "runs": {}}
+        squid, failed = run_squid(conf, run_dir, ports, probes)
+        entry["squid_error"] = failed
+        tomls: dict[str, Path] = {}
+        converted, said = convert(conf)
+        entry["convert"] = said
+        if converted is not None:
+            tomls["converted"] = run_dir / "converted.toml"
+            tomls["converted"].write_text(converted)
+        for variant in ("", ".mutant"):
+            hand = corpus / "handwritten" / f"{conf.stem}{variant}.toml"
+            if hand.exists():
+                tomls[f"handwritten{variant}"] = hand
+        for label, toml in tomls.items():
+            fw, error = run_fwproxy(repo, toml, run_dir, ports, probes)
+            run: dict[str, Any] = {"fwproxy_error": error}
+            if squid and fw:
+                run["disagreements"] = compare(probes, squid, fw)
+                run["unanswered"] = sum(1 for s, f in zip(squid, fw, strict=True) if not s or not f)
+                run["denied_by_squid"] = sum(1 for s in squid if denied(s))
+            entry["runs"][label] = run
+            table(conf.name, label, run)
+        entry["seconds"] = round(time.monotonic() - started, 1)
+        results[conf.name] = entry
+    for o in origins:
+        o.shutdown()
+    dns.close()
+    print(json.dumps(results))
+
+
+def table(config: str, label: str, run: dict[str, Any]) -> None:
+    rows = run.get("disagreements") or []
+    print(f"== {config} ({label}): {len(rows)} disagreements", file=sys.stderr)
+    if run.get("fwproxy_error"):
+        print(f"   fwproxy failed: {run['fwproxy_error']}", file=sys.stderr)
+    for row in rows[:200]:
+        print(
+            f"   squid {row['squid']:3}  fwproxy {row['fwproxy']:3}  {row['request']}",
+            file=sys.stderr,
+        )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:])

@@ -1,0 +1,91 @@
+"""Differential tests of ``fwproxy convert-squid`` against Debian's real squid: for each config
+of tests/squid_corpus, squid on the config and fwproxy on its conversion must give every
+request of a matrix (client address x proxy port x destination x port x GET path or CONNECT x
+credentials) the same access decision, denied (403/407) or not. The work is done by
+``netns_squid_diff.py`` in network and mount namespaces of its own (``unshare -n -m``, as root:
+a private ``/etc/hosts``, destinations in 198.18.0.0/15 on the namespace's loopback); nothing
+leaves it. A hand translation of one config runs too, and a deliberately wrong one that must
+disagree: the comparison is shown able to fail."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fwp_support import REPO
+
+HERE = Path(__file__).resolve().parent
+CORPUS = HERE.parent / "squid_corpus"
+SQUID = "/usr/sbin/squid"
+CONFIGS = sorted(p.name for p in CORPUS.glob("*.conf"))
+
+
+def _namespace_command() -> list[str]:
+    if not os.access(SQUID, os.X_OK):
+        pytest.skip(f"needs Debian's squid ({SQUID})")
+    unshare = shutil.which("unshare")
+    if unshare is None or shutil.which("ip") is None or shutil.which("mount") is None:
+        pytest.skip("needs unshare (util-linux), mount and ip (iproute2)")
+    if os.geteuid() != 0:
+        pytest.skip("needs root: squid runs as its own user, /etc/hosts is bind-mounted")
+    probe = subprocess.run(
+        [unshare, "-n", "-m", "ip", "link", "set", "lo", "up"], capture_output=True
+    )
+    if probe.returncode != 0:
+        pytest.skip("cannot make network and mount namespaces: " + probe.stderr.decode().strip())
+    return [unshare, "-n", "-m"]
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    command = _namespace_command()
+    work = tmp_path_factory.mktemp("squid-diff")
+    work.chmod(0o755)
+    proc = subprocess.run(
+        [*command, sys.executable, str(HERE / "netns_squid_diff.py"), str(REPO), str(work),
+         str(CORPUS)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    sys.stderr.write(proc.stderr)  # the disagreement tables, shown with a failure
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    return json.loads(proc.stdout)
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    shown = [f"squid {r['squid']:3}  fwproxy {r['fwproxy']:3}  {r['request']}" for r in rows[:60]]
+    more = f"\n... and {len(rows) - 60} more" if len(rows) > 60 else ""
+    return "\n".join(shown) + more
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_fwproxy_decides_as_squid(results: dict[str, Any], config: str) -> None:
+    entry = results[config]
+    assert not entry["squid_error"], entry["squid_error"]
+    assert entry["convert"].get("converter") != "missing", "fwproxy.squidconf is not there"
+    assert entry["convert"]["exit_code"] == 0, entry["convert"]
+    run = entry["runs"]["converted"]
+    assert not run["fwproxy_error"], run["fwproxy_error"]
+    assert run["unanswered"] == 0
+    assert run["disagreements"] == [], f"{config}:\n" + _table(run["disagreements"])
+
+
+def test_the_matrix_holds_both_decisions(results: dict[str, Any]) -> None:
+    """Every config's matrix has requests squid denies and requests it lets through."""
+    for config, entry in results.items():
+        denied = entry["runs"]["converted"]["denied_by_squid"]
+        assert 0 < denied < entry["requests"], config
+
+
+def test_a_hand_translation_agrees_and_a_wrong_one_does_not(results: dict[str, Any]) -> None:
+    runs = results["addresses.conf"]["runs"]
+    assert runs["handwritten"]["disagreements"] == []
+    wrong = runs["handwritten.mutant"]["disagreements"]
+    # the mutant lets the partner (203.0.113.7) go anywhere; squid only "inside"
+    assert wrong and {r["request"].split()[0] for r in wrong} == {"203.0.113.7"}
+    assert all(r["squid"] == 403 and r["fwproxy"] != 403 for r in wrong)
