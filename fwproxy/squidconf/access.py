@@ -170,6 +170,7 @@ class Access:
                 )
             if not self._usable(terms, line.where, port_names):
                 continue
+            terms = [(a, n) for a, n in terms if not _always([(a, n)])]
             if line.action == "terminate":
                 negations = [[(a, not n) for a, n in m] for m in earlier]
                 count = 1

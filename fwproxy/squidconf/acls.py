@@ -69,6 +69,9 @@ class AclDef:
     builtin: bool = False
     #: the name in the converted file
     fw_name: str = ""
+    #: the converted table, once made (its problems are reported once)
+    converted: tuple[str, list[str | int]] | None = None
+    done: bool = False
 
 
 class Acls:
@@ -157,7 +160,15 @@ class Acls:
         self, acl: AclDef, peeks: bool, port_names: dict[str, int]
     ) -> tuple[str, list[str | int]] | None:
         """``(fwproxy type, values)`` of one ACL a rule uses, or None when it has no fwproxy
-        equivalent or no valid value (each bad value is reported)."""
+        equivalent or no valid value (each bad value is reported, once)."""
+        if not acl.done:
+            acl.converted = self._table(acl, peeks, port_names)
+            acl.done = True
+        return acl.converted
+
+    def _table(
+        self, acl: AclDef, peeks: bool, port_names: dict[str, int]
+    ) -> tuple[str, list[str | int]] | None:
         d = acl.where
         kind = acl.kind
         out: list[str | int] = []

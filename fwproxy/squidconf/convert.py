@@ -109,8 +109,8 @@ class _Converter:
             tables.append((["auth"], dict(self.auth.auth)))
         for acl in self.access.used.values():
             fw = self.acls.fw_name(acl)
-            if fw in ("all", "to_localhost") and acl.builtin and acl.where is None:
-                continue  # fwproxy's own, with Squid's meaning
+            if fw in ("all", "to_localhost"):
+                continue  # fwproxy's own, with Squid's meaning (other collisions are renamed)
             found = self.acls.table(acl, self.access.peeks, names)
             if found is not None:
                 tables.append((["acl", fw], {found[0]: found[1]}))
@@ -146,4 +146,19 @@ def convert(path: str, *, force: bool = False, guard: bool = True) -> Conversion
         return Conversion("", report.messages, report.errors, 1)
     text = conv.toml(path, guard)
     code = 1 if report.errors and not force else 0
-    return Conversion(text, report.messages, report.errors, code)
+    files = list(dict.fromkeys(d.file for d in directives))
+    return Conversion(text, _in_order(report.messages, files), _in_order(report.errors, files), code)
+
+
+def _in_order(lines: list[str], files: list[str]) -> list[str]:
+    """Messages sorted by file (in reading order) and line, as a reader goes through them;
+    several about one line keep the order they were found in."""
+
+    def place(line: str) -> tuple[int, int]:
+        for i, f in enumerate(files):
+            if line.startswith(f + ":"):
+                number = line[len(f) + 1 :].split(":", 1)[0]
+                return i, int(number) if number.isdigit() else 0
+        return len(files), 0
+
+    return sorted(lines, key=place)

@@ -19,7 +19,7 @@ from fwproxy.squidconf.acls import Acls
 from fwproxy.squidconf.parse import Directive
 from fwproxy.squidconf.report import Report
 
-_NAME = re.compile(r"[^A-Za-z0-9_-]")
+_NAME = re.compile(r"[^A-Za-z0-9_.-]")
 
 #: writes a routing rule: its start ("direct", "parent NAME") and its ACL terms
 TextFn = Callable[[str, list[Term]], str]
@@ -78,6 +78,8 @@ class Peers:
             ):
                 self.report.skip(d, f"option {o} has no fwproxy equivalent")
         fw = _NAME.sub("_", name)
+        if not (fw[:1].isalpha() or fw[:1] == "_"):
+            fw = "peer_" + fw  # fwproxy's names start with a letter
         while fw in self.fw_names.values():
             fw += "_"
         self.fw_names[name.lower()] = fw
