@@ -222,8 +222,18 @@ def denied(status: int) -> bool | None:
 
 
 def run_matrix(probes: list[Probe]) -> list[int]:
+    """The answers to ``probes``, many at a time, but one set of credentials after the other:
+    squid keeps one cached entry per user name, and a wrong password arriving while the right
+    one is being checked makes its answers depend on timing."""
+    answers: dict[int, int] = {}
+    batches: dict[tuple[str, str], list[int]] = {}
+    for i, p in enumerate(probes):
+        batches.setdefault((p.user, p.password), []).append(i)
     with concurrent.futures.ThreadPoolExecutor(max_workers=24) as pool:
-        return list(pool.map(ask, probes))
+        for batch in batches.values():
+            for i, status in zip(batch, pool.map(ask, [probes[i] for i in batch]), strict=True):
+                answers[i] = status
+    return [answers[i] for i in range(len(probes))]
 
 
 def listening_ports(text: str) -> list[int]:
@@ -366,7 +376,12 @@ def convert(conf: Path) -> tuple[str | None, dict[str, Any]]:
         from fwproxy.squidconf import convert as squid_convert
     except ImportError:
         return None, {"converter": "missing"}
-    result = squid_convert(str(conf), force=False, guard=True)
+    try:
+        result = squid_convert(str(conf), force=False, guard=True)
+    except Exception:  # noqa: BLE001 - a finding: the converter must never raise
+        import traceback
+
+        return None, {"converter": "raised", "traceback": traceback.format_exc()}
     said = {
         "exit_code": result.exit_code,
         "messages": [str(m) for m in result.messages],
@@ -375,6 +390,16 @@ def convert(conf: Path) -> tuple[str | None, dict[str, Any]]:
     if result.exit_code != 0:
         result = squid_convert(str(conf), force=True, guard=True)
     return result.toml, said
+
+
+def for_the_run(toml: str) -> str:
+    """The converted TOML with what the run needs: no admin listener, and no throttling of
+    failed logins (fwproxy answers 429 after ``max_failures`` from one address, squid has no
+    such limit, and the matrix sends many wrong passwords from each client)."""
+    toml = re.sub(r"^\[auth\]\s*$", "[auth]\nmax_failures = 0", toml, flags=re.M)
+    if not re.search(r"^\[admin\]", toml, re.M):
+        toml += "\n[admin]\nlisten = []\n"
+    return toml
 
 
 def compare(probes: list[Probe], squid: list[int], fw: list[int]) -> list[dict[str, Any]]:
@@ -386,6 +411,7 @@ def compare(probes: list[Probe], squid: list[int], fw: list[int]) -> list[dict[s
 
 
 def main(repo: str, work_dir: str, corpus_dir: str, names: list[str]) -> None:
+    sys.path.insert(0, repo)  # the converter of the tree under test
     work = Path(work_dir)
     corpus = prepare_corpus(Path(corpus_dir), work)
     setup_namespace(work)
@@ -409,7 +435,7 @@ def main(repo: str, work_dir: str, corpus_dir: str, names: list[str]) -> None:
         entry["convert"] = said
         if converted is not None:
             tomls["converted"] = run_dir / "converted.toml"
-            tomls["converted"].write_text(converted)
+            tomls["converted"].write_text(for_the_run(converted))
         for variant in ("", ".mutant"):
             hand = corpus / "handwritten" / f"{conf.stem}{variant}.toml"
             if hand.exists():
@@ -418,6 +444,9 @@ def main(repo: str, work_dir: str, corpus_dir: str, names: list[str]) -> None:
             fw, error = run_fwproxy(repo, toml, run_dir, ports, probes)
             run: dict[str, Any] = {"fwproxy_error": error}
             if squid and fw:
+                with open(run_dir / f"{label}.tsv", "w") as f:
+                    for p, sq, fp in zip(probes, squid, fw, strict=True):
+                        f.write(f"{sq}\t{fp}\t{p.label()}\n")
                 run["disagreements"] = compare(probes, squid, fw)
                 run["unanswered"] = sum(1 for s, f in zip(squid, fw, strict=True) if not s or not f)
                 run["denied_by_squid"] = sum(1 for s in squid if denied(s))
