@@ -1,9 +1,11 @@
 # -*- test-case-name: tests.test_acl_regex -*-
 """The ACL types that match regular expressions, as Squid's: ``dstdom_regex`` (the host,
-case-insensitive), ``url_regex`` (the URL as sent, case-sensitive) and ``urlpath_regex`` (the
-path and query of a relayed request, %-decoded as Squid's ``rfc1738_unescape`` does,
-case-sensitive; never a CONNECT, which has no path). Case-insensitivity where it is not the
-default is written ``(?i)`` in the pattern (Squid's ``-i``). Patterns are Python regular
+case-insensitive), ``url_regex`` (the URL as Squid sees it: scheme and host in lower case, the
+scheme's default port left out, %-decoded; ``host:port`` for CONNECT) and ``urlpath_regex`` (the
+path and query of a relayed request, %-decoded; never a CONNECT, which has no path), both
+case-sensitive. %-decoding is Squid's ``rfc1738_unescape`` (:func:`unescape`), so that
+``/%61dmin`` is ``/admin`` to a rule, as it is to the origin. Case-insensitivity where it is not
+the default is written ``(?i)`` in the pattern (Squid's ``-i``). Patterns are Python regular
 expressions, compiled once; :func:`regexes` names the bad one.
 """
 
@@ -37,7 +39,8 @@ class DstDomRegexAcl(Acl):
 
 
 class UrlRegexAcl(Acl):
-    """Case-sensitive like squid's; write ``(?i)`` in a pattern for case-insensitive."""
+    """Squid's ``url_regex``: the URL as :func:`squid_url` gives it; case-sensitive like
+    squid's (``(?i)`` in a pattern for case-insensitive)."""
 
     kind = "url_regex"
 
@@ -46,7 +49,34 @@ class UrlRegexAcl(Acl):
         self.patterns = regexes(name, self.kind, values, 0)
 
     def match(self, ctx: AclContext) -> bool:
-        return any(p.search(ctx.url) for p in self.patterns)
+        url = squid_url(ctx.url)
+        return any(p.search(url) for p in self.patterns)
+
+
+#: an absolute URL: scheme, authority, the rest (path, query)
+_ABSOLUTE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://([^/?#]*)(.*)", re.S)
+_DEFAULT_PORTS = {"http": "80", "https": "443", "ftp": "21"}
+
+
+def squid_url(url: str) -> str:
+    """``url`` (a request target as the client sent it) as Squid's ``url_regex`` matches it
+    (``HttpRequest::effectiveRequestUri``, then ``rfc1738_unescape``): the scheme and host in
+    lower case, no user info, the port only when it is not the scheme's default, the path
+    ``/`` when empty, all %-decoded; a CONNECT's ``host:port`` with the host in lower case."""
+    m = _ABSOLUTE.fullmatch(url)
+    if m is None:  # CONNECT's authority form
+        return unescape(url.lower().encode("latin-1", "replace"))
+    scheme, authority, rest = m.group(1).lower(), m.group(2), m.group(3)
+    host = authority.rpartition("@")[2]
+    port = ""
+    if not host.endswith("]") and ":" in host:
+        host, _, port = host.rpartition(":")
+    elif host.startswith("[") and "]:" in host:
+        host, _, port = host.rpartition(":")
+    if port == _DEFAULT_PORTS.get(scheme):
+        port = ""
+    shown = f"{scheme}://{host.lower()}{':' + port if port else ''}{rest or '/'}"
+    return unescape(shown.encode("latin-1", "replace"))
 
 
 #: ``%%`` or ``%`` and two hex digits (see :func:`unescape`)

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 
 from fwproxy.acl import AclContext, AclError, make_acl
-from fwproxy.acl_regex import unescape
+from fwproxy.acl_regex import squid_url, unescape
 from fwproxy.config import ConfigError, load
 from fwproxy.testing import FakeResolver, Harness, get, status_of
 
@@ -49,6 +49,45 @@ def ctx(**kw: object) -> AclContext:
 )
 def test_unescape_as_squid(raw, decoded):
     assert unescape(raw) == decoded
+
+
+# -- url_regex: the URL as Squid sees it -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "sent, seen",
+    [
+        ("http://www.example.com/", "http://www.example.com/"),
+        ("http://WWW.Example.COM/A", "http://www.example.com/A"),  # the host, not the path
+        ("HTTP://example.com/", "http://example.com/"),
+        ("http://example.com:80/x", "http://example.com/x"),  # the default port left out
+        ("http://example.com:8080/x", "http://example.com:8080/x"),
+        ("https://example.com:443/x", "https://example.com/x"),
+        ("http://example.com:443/x", "http://example.com:443/x"),
+        ("http://example.com", "http://example.com/"),
+        ("http://user:pw@example.com/x", "http://example.com/x"),
+        ("http://[2001:DB8::1]:80/x", "http://[2001:db8::1]/x"),
+        ("http://[2001:db8::1]:8080/x", "http://[2001:db8::1]:8080/x"),
+        ("http://example.com/%61dmin?q=%2F", "http://example.com/admin?q=/"),
+        ("Example.COM:443", "example.com:443"),  # CONNECT
+    ],
+)
+def test_squid_url(sent, seen):
+    assert squid_url(sent) == seen
+
+
+@pytest.mark.parametrize(
+    "patterns, url, matches",
+    [
+        ([r"^http://www\.example\.com/$"], "http://WWW.Example.COM:80/", True),
+        (["/admin"], "http://example.com/%61dmin", True),
+        (["%61"], "http://example.com/%61dmin", False),
+        ([r":443$"], "example.com:443", True),
+        ([r"^http://[^/]*:8080/"], "http://example.com:8080/", True),
+    ],
+)
+def test_url_regex_matches_what_squid_matches(patterns, url, matches):
+    assert make_acl("u", "url_regex", patterns).match(ctx(url=url)) is matches
 
 
 # -- urlpath_regex ---------------------------------------------------------------------------
