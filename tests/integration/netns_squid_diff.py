@@ -402,12 +402,38 @@ def for_the_run(toml: str) -> str:
     return toml
 
 
-def compare(probes: list[Probe], squid: list[int], fw: list[int]) -> list[dict[str, Any]]:
-    return [
-        {"request": p.label(), "squid": s, "fwproxy": f}
-        for p, s, f in zip(probes, squid, fw, strict=True)
-        if denied(s) != denied(f)
-    ]
+#: a squid ACL type that matches an IP-literal destination by its reverse-DNS name too
+_RDNS_TYPES = re.compile(r"^\s*acl\s+\S+\s+(dstdomain|dstdom_regex)\s+(?!-n\b)", re.M | re.I)
+NAMED_LITERALS = frozenset(HOSTS.values())
+
+
+def known_difference(probe: Probe, config_text: str) -> str | None:
+    """Why squid and fwproxy may rightly disagree on ``probe``, or None.
+
+    Squid's ``dstdomain`` and ``dstdom_regex`` (without ``-n``) match an IP-literal destination
+    by its reverse-DNS name too (here: the hosts file's); fwproxy never looks a name up in
+    reverse (a PTR record is the address owner's to write: an allowlist would admit whoever
+    names their address after an allowed domain), so the decisions on a literal address that
+    has a name differ where such an ACL decides."""
+    if probe.host in NAMED_LITERALS and _RDNS_TYPES.search(config_text):
+        return "squid matches dstdomain/dstdom_regex by the literal address's reverse-DNS name"
+    return None
+
+
+def compare(
+    probes: list[Probe], squid: list[int], fw: list[int], config_text: str
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``(disagreements, known differences)``."""
+    unknown, known = [], []
+    for p, s, f in zip(probes, squid, fw, strict=True):
+        if denied(s) != denied(f):
+            why = known_difference(p, config_text)
+            row = {"request": p.label(), "squid": s, "fwproxy": f}
+            if why:
+                known.append({**row, "why": why})
+            else:
+                unknown.append(row)
+    return unknown, known
 
 
 def main(repo: str, work_dir: str, corpus_dir: str, names: list[str]) -> None:
@@ -447,7 +473,7 @@ def main(repo: str, work_dir: str, corpus_dir: str, names: list[str]) -> None:
                 with open(run_dir / f"{label}.tsv", "w") as f:
                     for p, sq, fp in zip(probes, squid, fw, strict=True):
                         f.write(f"{sq}\t{fp}\t{p.label()}\n")
-                run["disagreements"] = compare(probes, squid, fw)
+                run["disagreements"], run["known"] = compare(probes, squid, fw, text)
                 run["unanswered"] = sum(1 for s, f in zip(squid, fw, strict=True) if not s or not f)
                 run["denied_by_squid"] = sum(1 for s in squid if denied(s))
             entry["runs"][label] = run
@@ -461,8 +487,14 @@ def main(repo: str, work_dir: str, corpus_dir: str, names: list[str]) -> None:
 
 
 def table(config: str, label: str, run: dict[str, Any]) -> None:
-    rows = run.get("disagreements") or []
-    print(f"== {config} ({label}): {len(rows)} disagreements", file=sys.stderr)
+    rows, known = run.get("disagreements") or [], run.get("known") or []
+    print(f"== {config} ({label}): {len(rows)} disagreements, {len(known)} known", file=sys.stderr)
+    for row in known[:20]:
+        print(
+            f"   known: squid {row['squid']:3}  fwproxy {row['fwproxy']:3}  {row['request']}"
+            f" ({row['why']})",
+            file=sys.stderr,
+        )
     if run.get("fwproxy_error"):
         print(f"   fwproxy failed: {run['fwproxy_error']}", file=sys.stderr)
     for row in rows[:200]:
