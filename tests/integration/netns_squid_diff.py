@@ -295,12 +295,10 @@ def run_squid(
         wait_listening(ports, proc, "squid")
         return run_matrix(probes), ""
     except RuntimeError as e:
-        log = (
-            (run_dir / "cache.log").read_text(errors="replace")
-            if (run_dir / "cache.log").exists()
-            else ""
-        )
-        return [], f"{e}: {log[-2000:]}"
+        out.flush()
+        logs = [run_dir / "squid.out", run_dir / "cache.log"]
+        said = "".join(p.read_text(errors="replace") for p in logs if p.exists())
+        return [], f"{e}: {said[-2000:]}"
     finally:
         stop(proc)
         out.close()

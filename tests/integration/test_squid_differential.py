@@ -14,6 +14,8 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,18 +45,22 @@ def _namespace_command() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def results() -> Iterator[dict[str, Any]]:
     command = _namespace_command()
-    work = tmp_path_factory.mktemp("squid-diff")
+    # not under pytest's own temporary directory: squid's user must reach its files
+    work = Path(tempfile.mkdtemp(prefix="fwproxy-squid-diff-"))
     work.chmod(0o755)
-    proc = subprocess.run(
-        [*command, sys.executable, str(HERE / "netns_squid_diff.py"), str(REPO), str(work),
-         str(CORPUS)],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    try:
+        proc = subprocess.run(
+            [*command, sys.executable, str(HERE / "netns_squid_diff.py"), str(REPO), str(work),
+             str(CORPUS)],
+            capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     sys.stderr.write(proc.stderr)  # the disagreement tables, shown with a failure
     assert proc.returncode == 0, proc.stderr[-5000:]
-    return json.loads(proc.stdout)
+    yield json.loads(proc.stdout)
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
