@@ -61,22 +61,28 @@ _DEFAULT_PORTS = {"http": "80", "https": "443", "ftp": "21"}
 def squid_url(url: str) -> str:
     """``url`` (a request target as the client sent it) as Squid's ``url_regex`` matches it
     (``HttpRequest::effectiveRequestUri``, then ``rfc1738_unescape``): the scheme and host in
-    lower case, no user info, the port only when it is not the scheme's default, the path
-    ``/`` when empty, all %-decoded; a CONNECT's ``host:port`` with the host in lower case."""
+    lower case (the host without trailing dots), no user info, the port only when it is not the
+    scheme's default, the path ``/`` when empty, all %-decoded; a CONNECT's ``host:port``
+    with the host so too."""
     m = _ABSOLUTE.fullmatch(url)
     if m is None:  # CONNECT's authority form
-        return unescape(url.lower().encode("latin-1", "replace"))
+        host, port = _host_port(url)
+        return unescape(f"{host}:{port}".encode("latin-1", "replace"))
     scheme, authority, rest = m.group(1).lower(), m.group(2), m.group(3)
-    host = authority.rpartition("@")[2]
-    port = ""
-    if not host.endswith("]") and ":" in host:
-        host, _, port = host.rpartition(":")
-    elif host.startswith("[") and "]:" in host:
-        host, _, port = host.rpartition(":")
+    host, port = _host_port(authority.rpartition("@")[2])
     if port == _DEFAULT_PORTS.get(scheme):
         port = ""
-    shown = f"{scheme}://{host.lower()}{':' + port if port else ''}{rest or '/'}"
+    shown = f"{scheme}://{host}{':' + port if port else ''}{rest or '/'}"
     return unescape(shown.encode("latin-1", "replace"))
+
+
+def _host_port(authority: str) -> tuple[str, str]:
+    """``(host, port)`` of ``host[:port]``: the host in lower case without trailing dots (as
+    Squid's URL parser leaves it), an IPv6 address in brackets; the port as written."""
+    host, port = authority, ""
+    if not host.endswith("]") and ":" in host:
+        host, _, port = host.rpartition(":")
+    return host.lower().rstrip("."), port
 
 
 #: ``%%`` or ``%`` and two hex digits (see :func:`unescape`)

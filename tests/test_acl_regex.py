@@ -69,7 +69,9 @@ def test_unescape_as_squid(raw, decoded):
         ("http://[2001:DB8::1]:80/x", "http://[2001:db8::1]/x"),
         ("http://[2001:db8::1]:8080/x", "http://[2001:db8::1]:8080/x"),
         ("http://example.com/%61dmin?q=%2F", "http://example.com/admin?q=/"),
-        ("Example.COM:443", "example.com:443"),  # CONNECT
+        ("http://www.example.com.:80/", "http://www.example.com/"),  # trailing dots go
+        ("Example.COM.:443", "example.com:443"),  # CONNECT
+        ("[2001:DB8::1]:443", "[2001:db8::1]:443"),
     ],
 )
 def test_squid_url(sent, seen):

@@ -53,11 +53,16 @@ HOSTS = {
     "cdn.images.test": "198.19.0.5",
     "images.test": "198.19.0.6",
 }
+#: a name with two addresses (from the name server: a hosts file gives squid one), one in
+#: addresses.conf's blocked range, one not
+DUAL = ("dual.test", ("198.18.2.29", "198.18.0.12"))
 #: destinations: names of the hosts file (one in upper case), a name that does not resolve,
 #: literal addresses with and without a name in the hosts file
 DESTINATIONS = (
     *HOSTS,
     "WWW.Example.COM",
+    "www.example.com.",
+    DUAL[0],
     "nowhere.invalid",
     "198.18.0.10",
     "198.18.2.31",
@@ -163,9 +168,34 @@ class Origin(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
 
 
-def nxdomain_server() -> socket.socket:
-    """A name server on 127.0.0.1:53 that answers every query "no such name" at once (the
-    names the test uses are in the hosts file; any other fails fast for squid and fwproxy)."""
+def dns_answer(query: bytes) -> bytes | None:
+    """The answer to one DNS query: the two A records of :data:`DUAL` for its name (no other
+    records for it), "no such name" for any other name (the names the test uses are in the
+    hosts file; any other fails fast for squid and fwproxy)."""
+    if len(query) < 17:
+        return None
+    labels, i = [], 12
+    while i < len(query) and query[i]:
+        labels.append(query[i + 1 : i + 1 + query[i]].decode("ascii", "replace"))
+        i += 1 + query[i]
+    question_end = i + 5  # the root label, QTYPE, QCLASS
+    name, qtype = ".".join(labels).lower(), query[i + 1 : i + 3]
+    # same id and question; QR=1, RD copied, RA=1; RCODE 0 or 3
+    rd = query[2] & 0x01
+    if name != DUAL[0]:
+        flags = bytes((0x80 | rd, 0x83))
+        return query[:2] + flags + b"\0\1\0\0\0\0\0\0" + query[12:question_end]
+    records = [socket.inet_aton(a) for a in DUAL[1]] if qtype == b"\0\1" else []
+    answers = b"".join(
+        b"\xc0\x0c\0\1\0\1\0\0\0\x3c\0\4" + address for address in records
+    )  # a pointer to the question's name, A, IN, TTL 60, 4 bytes
+    flags = bytes((0x84 | rd, 0x80))  # authoritative
+    counts = b"\0\1" + len(records).to_bytes(2, "big") + b"\0\0\0\0"
+    return query[:2] + flags + counts + query[12:question_end] + answers
+
+
+def name_server() -> socket.socket:
+    """A name server on 127.0.0.1:53 answering as :func:`dns_answer` says."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("127.0.0.1", 53))
 
@@ -175,11 +205,9 @@ def nxdomain_server() -> socket.socket:
                 query, peer = sock.recvfrom(512)
             except OSError:
                 return
-            if len(query) < 12:
-                continue
-            # same id and question; QR=1, RD copied, RA=1, RCODE=3; no answers
-            flags = bytes((0x80 | (query[2] & 0x01), 0x83))
-            sock.sendto(query[:2] + flags + query[4:6] + b"\0\0\0\0\0\0" + query[12:], peer)
+            answer = dns_answer(query)
+            if answer is not None:
+                sock.sendto(answer, peer)
 
     threading.Thread(target=serve, daemon=True).start()
     return sock
@@ -403,6 +431,7 @@ def for_the_run(toml: str) -> str:
 #: a squid ACL type that matches an IP-literal destination by its reverse-DNS name too
 _RDNS_TYPES = re.compile(r"^\s*acl\s+\S+\s+(dstdomain|dstdom_regex)\s+(?!-n\b)", re.M | re.I)
 NAMED_LITERALS = frozenset(HOSTS.values())
+_DST = re.compile(r"^\s*acl\s+\S+\s+dst\s", re.M | re.I)
 
 
 def known_difference(probe: Probe, config_text: str) -> str | None:
@@ -412,9 +441,16 @@ def known_difference(probe: Probe, config_text: str) -> str | None:
     by its reverse-DNS name too (here: the hosts file's); fwproxy never looks a name up in
     reverse (a PTR record is the address owner's to write: an allowlist would admit whoever
     names their address after an allowed domain), so the decisions on a literal address that
-    has a name differ where such an ACL decides."""
+    has a name differ where such an ACL decides.
+
+    Squid's ``dst`` matches a name when *any* of its addresses is in the ACL; fwproxy evaluates
+    the rules for each address and connects only to an allowed one. So ``deny`` by ``dst``
+    denies a name with one address inside and one outside in squid, while fwproxy relays to
+    the outside address only (it never connects to the denied one either way)."""
     if probe.host in NAMED_LITERALS and _RDNS_TYPES.search(config_text):
         return "squid matches dstdomain/dstdom_regex by the literal address's reverse-DNS name"
+    if probe.host == DUAL[0] and _DST.search(config_text):
+        return "squid: dst matches a name when any of its addresses is in it; fwproxy decides per address"
     return None
 
 
@@ -440,7 +476,7 @@ def main(repo: str, work_dir: str, corpus_dir: str, names: list[str]) -> None:
     corpus = prepare_corpus(Path(corpus_dir), work)
     setup_namespace(work)
     origins = start_origins()
-    dns = nxdomain_server()
+    dns = name_server()
     confs = [corpus / n for n in names] if names else sorted(corpus.glob("*.conf"))
     results: dict[str, Any] = {}
     for conf in confs:

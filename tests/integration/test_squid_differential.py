@@ -92,12 +92,26 @@ def test_the_matrix_holds_both_decisions(results: dict[str, Any]) -> None:
             assert 0 < denied < entry["requests"], config
 
 
-def test_the_known_difference_is_reverse_dns_only(results: dict[str, Any]) -> None:
-    """Squid matches dstdomain against an IP literal's reverse-DNS name, fwproxy does not: in
-    domains.conf that decides CONNECTs to 198.18.0.10 (www.example.com in the hosts file)."""
-    known = results["domains.conf"]["runs"]["converted"]["known"]
-    assert known and all(" CONNECT 198.18.0.10:" in r["request"] for r in known)
-    assert all(r["squid"] == 200 and r["fwproxy"] == 403 for r in known)
+def test_the_known_differences(results: dict[str, Any]) -> None:
+    """Where squid and fwproxy rightly differ (``known_difference`` in the runner), and only
+    there: squid matches dstdomain against an IP literal's reverse-DNS name, fwproxy does not
+    (in domains.conf that decides CONNECTs to 198.18.0.10, www.example.com in the hosts
+    file); squid's ``deny dst`` denies a name when any of its addresses is in it, fwproxy
+    relays to the others (addresses.conf: dual.test, one address blocked, from the office)."""
+    rdns = results["domains.conf"]["runs"]["converted"]["known"]
+    assert rdns and all(" CONNECT 198.18.0.10:" in r["request"] for r in rdns)
+    assert all(r["squid"] == 200 and r["fwproxy"] == 403 for r in rdns)
+    dual = results["addresses.conf"]["runs"]["converted"]["known"]
+    assert dual and all(r["request"].split()[0] in ("10.1.0.5", "10.2.0.7") for r in dual)
+    assert all("dual.test" in r["request"] for r in dual)
+    assert all(r["squid"] == 403 and r["fwproxy"] == 200 for r in dual)
+    others = [
+        (config, label)
+        for config, entry in results.items()
+        for label, run in entry["runs"].items()
+        if run.get("known") and config not in ("domains.conf", "addresses.conf")
+    ]
+    assert others == []
 
 
 def test_a_hand_translation_agrees_and_a_wrong_one_does_not(results: dict[str, Any]) -> None:
