@@ -356,8 +356,15 @@ def run_fwproxy(
         wait_closed(ports)
 
 
+#: what makes the path of a request matter to a config (``manager`` is a url_regex)
+_PATH_ACLS = re.compile(r"\b(url_regex|urlpath_regex|manager)\b", re.I)
+
+
 def probes_for(text: str, ports: list[int]) -> list[Probe]:
+    """The matrix for one config: credentials only where it authenticates, and every path
+    only where a URL or path decides (the matrix is the run's time)."""
     creds: tuple[Any, ...] = CREDENTIALS if "proxy_auth" in text else (None,)
+    paths = PATHS if _PATH_ACLS.search(text) else PATHS[:1]
     out = []
     for client in CLIENTS:
         for proxy_port in ports:
@@ -365,7 +372,7 @@ def probes_for(text: str, ports: list[int]) -> list[Probe]:
                 for port in PORTS:
                     for cred in creds:
                         user, password = cred or ("", "")
-                        for path in PATHS:
+                        for path in paths:
                             out.append(
                                 Probe(client, proxy_port, "GET", host, port, path, user, password)
                             )
