@@ -101,6 +101,10 @@ class Probe:
     path: str
     user: str
     password: str
+    #: for a PROXY-protocol port: the client the header names ("" otherwise)
+    proxied: str = ""
+    #: and the port on the balancer it names as the one the client connected to
+    balancer_port: int = 0
 
     def wire(self) -> bytes:
         authority = f"{self.host}:{self.port}"
@@ -113,7 +117,10 @@ class Probe:
         else:
             shown = self.host if self.port == 80 else authority
             head = f"GET http://{shown}{self.path} HTTP/1.1\r\nHost: {shown}\r\n"
-        return f"{head}{auth}Connection: close\r\n\r\n".encode()
+        header = ""
+        if self.proxied:
+            header = f"PROXY TCP4 {self.proxied} 198.18.9.9 40000 {self.balancer_port}\r\n"
+        return f"{header}{head}{auth}Connection: close\r\n\r\n".encode()
 
     def label(self) -> str:
         who = f" as {self.user}:{self.password}" if self.user else ""
@@ -122,7 +129,8 @@ class Probe:
             if self.method == "CONNECT"
             else f"GET http://{self.host}:{self.port}{self.path}"
         )
-        return f"{self.client} -> :{self.proxy_port} {what}{who}"
+        via = f" (PROXY: {self.proxied} to :{self.balancer_port})" if self.proxied else ""
+        return f"{self.client} -> :{self.proxy_port}{via} {what}{who}"
 
 
 def sh(*args: str) -> None:
@@ -264,6 +272,17 @@ def run_matrix(probes: list[Probe]) -> list[int]:
     return [answers[i] for i in range(len(probes))]
 
 
+#: the balancer's ports a PROXY-protocol header names: one the proxy does not listen on, and
+#: the proxy's own
+BALANCER_PORTS = (8443, 3130)
+
+
+def proxy_protocol_ports(text: str) -> set[int]:
+    """The ports of ``http_port`` lines with ``require-proxy-header``."""
+    ports = re.findall(r"^\s*http_port\s+(?:\S*:)?(\d+)\b.*require-proxy-header", text, re.M)
+    return {int(p) for p in ports}
+
+
 def listening_ports(text: str) -> list[int]:
     """The ports of a squid config's ``http_port`` lines (the corpus puts them in the main
     file)."""
@@ -365,9 +384,20 @@ def probes_for(text: str, ports: list[int]) -> list[Probe]:
     only where a URL or path decides (the matrix is the run's time)."""
     creds: tuple[Any, ...] = CREDENTIALS if "proxy_auth" in text else (None,)
     paths = PATHS if _PATH_ACLS.search(text) else PATHS[:1]
+    proxied = proxy_protocol_ports(text)
     out = []
+    for proxy_port in proxied:  # the balancer (127.0.0.1) sends a header for each client
+        for client in CLIENTS[1:]:
+            for balancer_port in BALANCER_PORTS:
+                for host in DESTINATIONS:
+                    for port in PORTS:
+                        for method, path in [("GET", p) for p in paths] + [("CONNECT", "")]:
+                            out.append(
+                                Probe(CLIENTS[0], proxy_port, method, host, port, path, "", "",
+                                      client, balancer_port)
+                            )  # fmt: skip
     for client in CLIENTS:
-        for proxy_port in ports:
+        for proxy_port in [p for p in ports if p not in proxied]:
             for host in DESTINATIONS:
                 for port in PORTS:
                     for cred in creds:
@@ -439,6 +469,7 @@ def for_the_run(toml: str) -> str:
 _RDNS_TYPES = re.compile(r"^\s*acl\s+\S+\s+(dstdomain|dstdom_regex)\s+(?!-n\b)", re.M | re.I)
 NAMED_LITERALS = frozenset(HOSTS.values())
 _DST = re.compile(r"^\s*acl\s+\S+\s+dst\s", re.M | re.I)
+_LOCALPORT = re.compile(r"^\s*acl\s+\S+\s+localport\s", re.M | re.I)
 
 
 def known_difference(probe: Probe, config_text: str) -> str | None:
@@ -453,9 +484,17 @@ def known_difference(probe: Probe, config_text: str) -> str | None:
     Squid's ``dst`` matches a name when *any* of its addresses is in the ACL; fwproxy evaluates
     the rules for each address and connects only to an allowed one. So ``deny`` by ``dst``
     denies a name with one address inside and one outside in squid, while fwproxy relays to
-    the outside address only (it never connects to the denied one either way)."""
+    the outside address only (it never connects to the denied one either way).
+
+    Behind a PROXY-protocol port Squid's ``localport`` is the port the header names (squid
+    5.7 replaces the connection's local address with the header's destination), fwproxy's the
+    port of its own listener (Squid's ``myportname`` is that too)."""
     if probe.host in NAMED_LITERALS and _RDNS_TYPES.search(config_text):
         return "squid matches dstdomain/dstdom_regex by the literal address's reverse-DNS name"
+    if probe.proxied and probe.balancer_port != probe.proxy_port and _LOCALPORT.search(config_text):
+        return (
+            "squid: localport behind PROXY protocol is the header's port; fwproxy: the listener's"
+        )
     if probe.host == DUAL[0] and _DST.search(config_text):
         return "squid: dst matches a name when any of its addresses is in it; fwproxy decides per address"
     return None

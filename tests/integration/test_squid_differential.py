@@ -97,7 +97,9 @@ def test_the_known_differences(results: dict[str, Any]) -> None:
     there: squid matches dstdomain against an IP literal's reverse-DNS name, fwproxy does not
     (in domains.conf that decides CONNECTs to 198.18.0.10, www.example.com in the hosts
     file); squid's ``deny dst`` denies a name when any of its addresses is in it, fwproxy
-    relays to the others (addresses.conf: dual.test, one address blocked, from the office)."""
+    relays to the others (addresses.conf: dual.test, one address blocked, from the office);
+    behind a PROXY-protocol port squid's localport is the header's port, fwproxy's the
+    listener's (proxyproto.conf: the lab through the balancer's port 8443)."""
     rdns = results["domains.conf"]["runs"]["converted"]["known"]
     assert rdns and all(" CONNECT 198.18.0.10:" in r["request"] for r in rdns)
     assert all(r["squid"] == 200 and r["fwproxy"] == 403 for r in rdns)
@@ -105,11 +107,14 @@ def test_the_known_differences(results: dict[str, Any]) -> None:
     assert dual and all(r["request"].split()[0] in ("10.1.0.5", "10.2.0.7") for r in dual)
     assert all("dual.test" in r["request"] for r in dual)
     assert all(r["squid"] == 403 and r["fwproxy"] == 200 for r in dual)
+    balanced = results["proxyproto.conf"]["runs"]["converted"]["known"]
+    assert balanced and all("(PROXY: 192.168.3.4 to :8443)" in r["request"] for r in balanced)
+    assert all(r["squid"] == 403 and r["fwproxy"] != 403 for r in balanced)
     others = [
         (config, label)
         for config, entry in results.items()
         for label, run in entry["runs"].items()
-        if run.get("known") and config not in ("domains.conf", "addresses.conf")
+        if run.get("known") and config not in ("domains.conf", "addresses.conf", "proxyproto.conf")
     ]
     assert others == []
 
