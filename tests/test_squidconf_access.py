@@ -80,8 +80,10 @@ def test_peek_and_splice(tmp_path: Path) -> None:
 
 
 def test_terminate_after_several_splices(tmp_path: Path) -> None:
-    result = run(tmp_path, PEEK + "ssl_bump terminate blocked\nssl_bump splice saas office\n"
-                                  "ssl_bump terminate all\n")
+    result = run(
+        tmp_path,
+        PEEK + "ssl_bump terminate blocked\nssl_bump splice saas office\nssl_bump terminate all\n",
+    )
     assert rules(result) == [
         *FLOOR,
         "deny office CONNECT blocked",

@@ -27,7 +27,10 @@ def test_tokens_and_trailing_comments() -> None:
 
 def test_continuations_and_crlf() -> None:
     text = "acl a src 10.0.0.1 \\\r\n  10.0.0.2\r\nhttp_access allow a\r\n"
-    assert logical_lines(text)[:2] == [(1, "acl a src 10.0.0.1    10.0.0.2"), (3, "http_access allow a")]
+    assert logical_lines(text)[:2] == [
+        (1, "acl a src 10.0.0.1    10.0.0.2"),
+        (3, "http_access allow a"),
+    ]
 
 
 def test_directive_names_are_lower_case(tmp_path: Path) -> None:
@@ -78,8 +81,10 @@ def test_unreadable_file_exits_1_even_forced(tmp_path: Path) -> None:
 
     result = convert(str(tmp_path / "absent.conf"), force=True)
     assert result.exit_code == 1 and result.toml == ""
-    assert result.messages == [f"{tmp_path / 'absent.conf'}: cannot read "
-                               f"{tmp_path / 'absent.conf'}: No such file or directory"]
+    assert result.messages == [
+        f"{tmp_path / 'absent.conf'}: cannot read "
+        f"{tmp_path / 'absent.conf'}: No such file or directory"
+    ]
 
 
 def test_latin1_file(tmp_path: Path) -> None:

@@ -217,12 +217,12 @@ class Acls:
                 )
             return [V.regex(value, False)]
         if kind in ("port", "localport"):
-            lo, _, hi = value.partition("-")
-            if not lo.isdigit() or (hi and not hi.isdigit()) or not 0 < int(lo) <= 65535:
+            lo, dash, hi = value.partition("-")
+            if not lo.isdigit() or (dash and not hi.isdigit()) or not 0 < int(lo) <= 65535:
                 raise ValueError(f"{value!r} is not a port or a range like 1025-65535")
-            if hi and not int(lo) <= int(hi) <= 65535:
+            if dash and not int(lo) <= int(hi) <= 65535:
                 raise ValueError(f"{value!r} is not a range of ports")
-            return [int(value) if not hi else value]
+            return [int(value) if not dash else value]
         if kind == "myportname":
             if value not in port_names:
                 raise ValueError(f"no http_port has name={value}")

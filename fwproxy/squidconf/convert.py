@@ -83,7 +83,7 @@ class _Converter:
         elif d.name in D.CACHE:
             self.report.skip(d, "fwproxy does not cache")
         elif d.name in D.PROCESS:
-            self.report.skip(d, f"a process setting; fwproxy: {D.PROCESS[d.name]}")
+            self.report.skip(d, f"a process setting; with fwproxy: {D.PROCESS[d.name]}")
         elif d.name == "http_reply_access" and d.args == ("allow", "all"):
             self.report.skip(d, "allow all: nothing to translate")
         elif d.name in D.ACCESS:
@@ -147,7 +147,9 @@ def convert(path: str, *, force: bool = False, guard: bool = True) -> Conversion
     text = conv.toml(path, guard)
     code = 1 if report.errors and not force else 0
     files = list(dict.fromkeys(d.file for d in directives))
-    return Conversion(text, _in_order(report.messages, files), _in_order(report.errors, files), code)
+    return Conversion(
+        text, _in_order(report.messages, files), _in_order(report.errors, files), code
+    )
 
 
 def _in_order(lines: list[str], files: list[str]) -> list[str]:

@@ -157,6 +157,9 @@ def file_values(token: str, d: Directive, report: Report) -> list[str] | None:
     """The values in the file a quoted token names (relative to the directive's file), one
     or more per line, ``#`` comments skipped; None (reported as an error) when unreadable."""
     name = token[1:-1]
+    if not name:
+        report.error(d, '"" names no file of values')
+        return None
     path = name if os.path.isabs(name) else os.path.join(os.path.dirname(d.file), name)
     try:
         text = read_text(path)
