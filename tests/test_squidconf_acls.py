@@ -272,3 +272,10 @@ def test_untranslatable_type_only_matters_where_used(tmp_path: Path) -> None:
         "squid.conf:2: http_access: not translated (ACL 'ua' is Squid's 'browser' ACL type, "
         "which fwproxy has no equivalent of)"
     )
+
+
+def test_unknown_acl_type_is_an_error_where_defined(tmp_path: Path) -> None:
+    # Squid 5.7: "FATAL: Invalid ACL type 'SRC'"
+    result = run(tmp_path, "acl a SRC 10.0.0.0/8\nhttp_access allow localhost\n")
+    assert result.exit_code == 1
+    assert "'SRC' is not an ACL type (Squid refuses to start)" in result.errors[0]

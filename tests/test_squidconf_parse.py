@@ -33,10 +33,18 @@ def test_continuations_and_crlf() -> None:
     ]
 
 
-def test_directive_names_are_lower_case(tmp_path: Path) -> None:
+def test_directive_names_are_lower_case_only(tmp_path: Path) -> None:
     (tmp_path / "s.conf").write_text("HTTP_Access allow all\n")
     (d,) = read_directives(str(tmp_path / "s.conf"), Report())
-    assert d == Directive(str(tmp_path / "s.conf"), 1, "http_access", ("allow", "all"))
+    assert d == Directive(str(tmp_path / "s.conf"), 1, "HTTP_Access", ("allow", "all"))
+    # Squid 5.7: "unrecognized: 'HTTP_Access'", and the line is ignored
+    result = run(tmp_path, "http_access allow localhost\nHttp_Access allow all\n")
+    assert rules(result)[3:] == ["allow localhost", "deny all"]
+    assert result.exit_code == 0
+    assert (
+        "Http_Access: not translated (Squid knows its directives in lower case only"
+        in (result.messages[0])
+    )
 
 
 def test_include_glob_in_order(tmp_path: Path) -> None:

@@ -24,7 +24,8 @@ MAX_INCLUDE_DEPTH = 16
 
 @dataclass(frozen=True)
 class Directive:
-    """One directive: its file and first line, its name (lower case) and its tokens."""
+    """One directive: its file and first line, its name (as written: Squid knows its
+    directives in lower case only) and its tokens."""
 
     file: str
     line: int
@@ -124,7 +125,7 @@ def _read(
         tokens = tokenize(line)
         if not tokens:
             continue
-        d = Directive(path, number, tokens[0].lower(), tuple(tokens[1:]))
+        d = Directive(path, number, tokens[0], tuple(tokens[1:]))
         if d.name == "include":
             _include(d, report, out, depth)
         else:
