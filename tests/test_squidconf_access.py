@@ -146,3 +146,12 @@ def test_bump_becomes_intercept_rules(tmp_path: Path, monkeypatch: pytest.Monkey
     note = next(m for m in result.messages if "[intercept] ca" in m)
     assert 'must be a directory made by "fwproxy ca init fwproxy-ca"' in note
     assert "Squid's tls-cert= file (/etc/squid/ca.pem) is not usable as is" in note
+
+
+def test_a_rule_written_twice_is_written_once(tmp_path: Path) -> None:
+    result = run(tmp_path, NET + "http_access deny to_localhost\nhttp_access allow office\n")
+    assert rules(result) == [*FLOOR, "allow office", "deny all"]
+    unguarded = run(
+        tmp_path, NET + "http_access deny to_localhost\nhttp_access allow office\n", guard=False
+    )
+    assert rules(unguarded) == ["deny to_localhost", "allow office", "deny all"]

@@ -153,7 +153,9 @@ class Access:
             if not last_allow:
                 out.extend(self._terminate_before([], terminations, connect))
             out.append("deny all" if last_allow else "allow all")
-        return out
+        # a rule written twice decides nothing the second time (``http_access deny
+        # to_localhost`` after the floor's)
+        return list(dict.fromkeys(out))
 
     def _terminate_before(
         self, terms: list[Term], terminations: list[list[Term]], connect: AclDef
