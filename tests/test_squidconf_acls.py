@@ -142,7 +142,7 @@ def test_builtin_with_values_added_and_colliding_names(tmp_path: Path) -> None:
 def test_host_name_in_src_is_an_error(tmp_path: Path) -> None:
     result = run(tmp_path, "acl a dst www.example.com\nhttp_access deny a\n")
     assert result.exit_code == 1
-    assert "Squid would resolve a host name" in result.errors[0]
+    assert "resolved by Squid once, at start-up" in result.errors[0]
 
 
 def test_domains_and_regexes(tmp_path: Path) -> None:

@@ -213,8 +213,8 @@ class Acls:
         if kind in ("src", "dst"):
             if not V.is_address_like(value):
                 raise ValueError(
-                    f"{value!r} is not an IP address or network (Squid would resolve a host "
-                    "name once at start-up: write its addresses)"
+                    f"{value!r} is not an IP address or network (a host name there is "
+                    "resolved by Squid once, at start-up: write its addresses instead)"
                 )
             nets, note = V.networks(value)
             if note and d is not None:
