@@ -13,8 +13,11 @@ ALLOW = "http_access allow localhost\n"
 
 
 def test_ports(tmp_path: Path) -> None:
-    result = run(tmp_path, "http_port 3128\nhttp_port 127.0.0.1:3129\nhttp_port [::1]:3130\n"
-                           "http_port 3131 require-proxy-header\n" + ALLOW)
+    result = run(
+        tmp_path,
+        "http_port 3128\nhttp_port 127.0.0.1:3129\nhttp_port [::1]:3130\n"
+        "http_port 3131 require-proxy-header\n" + ALLOW,
+    )
     assert data(result)["proxy"]["listen"] == [
         "tcp:3128",
         "tcp:3129:interface=127.0.0.1",
@@ -26,8 +29,9 @@ def test_ports(tmp_path: Path) -> None:
 
 
 def test_https_port(tmp_path: Path) -> None:
-    result = run(tmp_path, "https_port 3129 tls-cert=/etc/squid/p.pem tls-key=/etc/squid/p.key\n"
-                           + ALLOW)
+    result = run(
+        tmp_path, "https_port 3129 tls-cert=/etc/squid/p.pem tls-key=/etc/squid/p.key\n" + ALLOW
+    )
     assert data(result)["proxy"]["listen"] == [
         "ssl:3129:privateKey=/etc/squid/p.key:certKey=/etc/squid/p.pem"
     ]
@@ -47,13 +51,19 @@ def test_bad_port_is_an_error(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "lines, log",
     [
-        ("access_log /var/log/squid/access.log\n", {"access": "/var/log/squid/access.log",
-                                                    "format": "squid"}),
+        (
+            "access_log /var/log/squid/access.log\n",
+            {"access": "/var/log/squid/access.log", "format": "squid"},
+        ),
         ("access_log stdio:/tmp/a.log combined\n", {"access": "/tmp/a.log", "format": "combined"}),
-        ("logformat j {\"t\":\"%ts\",\"u\":\"%ru\"}\naccess_log daemon:/tmp/j.log logformat=j\n",
-         {"access": "/tmp/j.log", "format": "json"}),
-        ("logformat mine %ts %>a %ru\naccess_log /tmp/m.log mine\n",
-         {"access": "/tmp/m.log", "format": "squid"}),
+        (
+            'logformat j {"t":"%ts","u":"%ru"}\naccess_log daemon:/tmp/j.log logformat=j\n',
+            {"access": "/tmp/j.log", "format": "json"},
+        ),
+        (
+            "logformat mine %ts %>a %ru\naccess_log /tmp/m.log mine\n",
+            {"access": "/tmp/m.log", "format": "squid"},
+        ),
         ("access_log none\n", {"access": "/dev/null"}),
     ],
 )
@@ -66,24 +76,31 @@ def test_access_log(tmp_path: Path, lines: str, log: dict[str, str]) -> None:
 
 def test_custom_format_is_noted(tmp_path: Path) -> None:
     result = run(tmp_path, "logformat mine %ts %>a %ru\naccess_log /tmp/m.log mine\n" + ALLOW)
-    assert any("custom logformat mine: fwproxy's nearest built-in, squid, used" in m
-               for m in result.messages)
+    assert any(
+        "custom logformat mine: fwproxy's nearest built-in, squid, used" in m
+        for m in result.messages
+    )
 
 
 def test_md5_htpasswd_says_how_to_rehash(tmp_path: Path) -> None:
     pw = tmp_path / "passwd"
     pw.write_text("alice:$apr1$abc$def\nbob:$2y$05$abcdefghijklmnopqrstuu\ncarol:abCDefGhiJkLm\n")
     result = run(tmp_path, f"auth_param basic program /usr/lib/squid/basic_ncsa_auth {pw}\n")
-    assert any(f"2 entries (alice, carol) are MD5 or DES-crypt, which fwproxy refuses: set each "
-               f"again with htpasswd -B {pw} USER" in m for m in result.messages)
+    assert any(
+        f"2 entries (alice, carol) are MD5 or DES-crypt, which fwproxy refuses: set each "
+        f"again with htpasswd -B {pw} USER" in m
+        for m in result.messages
+    )
     assert result.exit_code == 0
 
 
 @pytest.mark.parametrize(
     "line",
-    ["auth_param basic program /usr/lib/squid/basic_ldap_auth -b dc=x ldap.example",
-     "auth_param digest program /usr/lib/squid/digest_file_auth /etc/squid/digest",
-     "auth_param negotiate program /usr/lib/squid/negotiate_kerberos_auth"],
+    [
+        "auth_param basic program /usr/lib/squid/basic_ldap_auth -b dc=x ldap.example",
+        "auth_param digest program /usr/lib/squid/digest_file_auth /etc/squid/digest",
+        "auth_param negotiate program /usr/lib/squid/negotiate_kerberos_auth",
+    ],
 )
 def test_other_authentication_is_an_error(tmp_path: Path, line: str) -> None:
     result = run(tmp_path, line + "\n" + ALLOW)
@@ -91,11 +108,14 @@ def test_other_authentication_is_an_error(tmp_path: Path, line: str) -> None:
 
 
 def test_parents_and_routing(tmp_path: Path) -> None:
-    result = run(tmp_path, "acl intranet dstdomain .corp.example\n"
-                           "cache_peer proxy.corp.example parent 3128 0 no-query name=corp\n"
-                           "cache_peer 10.0.0.9 parent 8080 0 ssl connect-fail-limit=5\n"
-                           "cache_peer_access corp allow intranet\n"
-                           "always_direct allow localhost\nnever_direct allow all\n" + ALLOW)
+    result = run(
+        tmp_path,
+        "acl intranet dstdomain .corp.example\n"
+        "cache_peer proxy.corp.example parent 3128 0 no-query name=corp\n"
+        "cache_peer 10.0.0.9 parent 8080 0 ssl connect-fail-limit=5\n"
+        "cache_peer_access corp allow intranet\n"
+        "always_direct allow localhost\nnever_direct allow all\n" + ALLOW,
+    )
     assert result.exit_code == 0, result.messages
     assert data(result)["parents"] == {
         "corp": {"address": "proxy.corp.example:3128"},
@@ -117,11 +137,14 @@ def test_parent_without_never_direct_is_noted(tmp_path: Path) -> None:
 
 
 def test_headers(tmp_path: Path) -> None:
-    result = run(tmp_path, "forwarded_for truncate\nvia off\nvisible_hostname proxy.corp\n"
-                           "request_header_access X-Secret deny all\n"
-                           "request_header_access Referer deny localhost\n"
-                           "reply_header_access Server deny all\n"
-                           'request_header_add X-Proxy "fw yes"\n' + ALLOW)
+    result = run(
+        tmp_path,
+        "forwarded_for truncate\nvia off\nvisible_hostname proxy.corp\n"
+        "request_header_access X-Secret deny all\n"
+        "request_header_access Referer deny localhost\n"
+        "reply_header_access Server deny all\n"
+        'request_header_add X-Proxy "fw yes"\n' + ALLOW,
+    )
     assert data(result)["headers"] == {
         "forwarded_for": "truncate",
         "via": False,
@@ -130,17 +153,26 @@ def test_headers(tmp_path: Path) -> None:
         "remove_response": ["Server"],
         "add_request": {"X-Proxy": "fw yes"},
     }
-    assert any("Referer" not in m and "request_header_access: not translated" in m
-               for m in result.messages)
+    assert any(
+        "Referer" not in m and "request_header_access: not translated" in m for m in result.messages
+    )
     config(result)
 
 
 def test_timeouts(tmp_path: Path) -> None:
-    result = run(tmp_path, "connect_timeout 30 seconds\nread_timeout 15 minutes\n"
-                           "request_timeout 1 minute\nclient_idle_pconn_timeout 2 minutes\n"
-                           "shutdown_lifetime 10\n" + ALLOW)
-    assert data(result)["timeouts"] == {"connect": 30, "read": 900, "request_header": 60,
-                                        "client_idle": 120, "drain": 10}
+    result = run(
+        tmp_path,
+        "connect_timeout 30 seconds\nread_timeout 15 minutes\n"
+        "request_timeout 1 minute\nclient_idle_pconn_timeout 2 minutes\n"
+        "shutdown_lifetime 10\n" + ALLOW,
+    )
+    assert data(result)["timeouts"] == {
+        "connect": 30,
+        "read": 900,
+        "request_header": 60,
+        "client_idle": 120,
+        "drain": 10,
+    }
     config(result)
 
 
@@ -153,8 +185,12 @@ def test_bad_timeout_is_an_error(tmp_path: Path) -> None:
     [
         ("cache_dir ufs /var/spool/squid 100 16 256", "fwproxy does not cache", 0),
         ("refresh_pattern . 0 20% 4320", "fwproxy does not cache", 0),
-        ("workers 4", "a process setting; fwproxy: fwproxy run --workers N", 0),
-        ("pid_filename /run/squid.pid", "a process setting; fwproxy: twistd --pidfile", 0),
+        ("workers 4", "a process setting; with fwproxy: fwproxy run --workers N", 0),
+        (
+            "pid_filename /run/squid.pid",
+            "a process setting; with fwproxy: twistd --pidfile FILE",
+            0,
+        ),
         ("dns_nameservers 8.8.8.8", "no fwproxy equivalent; it changes no access decision", 0),
         ("client_lifetime 1 day", "no fwproxy equivalent; it changes no access decision", 0),
         ("frobnicate yes", "unknown directive", 0),

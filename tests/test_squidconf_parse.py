@@ -27,13 +27,24 @@ def test_tokens_and_trailing_comments() -> None:
 
 def test_continuations_and_crlf() -> None:
     text = "acl a src 10.0.0.1 \\\r\n  10.0.0.2\r\nhttp_access allow a\r\n"
-    assert logical_lines(text)[:2] == [(1, "acl a src 10.0.0.1    10.0.0.2"), (3, "http_access allow a")]
+    assert logical_lines(text)[:2] == [
+        (1, "acl a src 10.0.0.1    10.0.0.2"),
+        (3, "http_access allow a"),
+    ]
 
 
-def test_directive_names_are_lower_case(tmp_path: Path) -> None:
+def test_directive_names_are_lower_case_only(tmp_path: Path) -> None:
     (tmp_path / "s.conf").write_text("HTTP_Access allow all\n")
     (d,) = read_directives(str(tmp_path / "s.conf"), Report())
-    assert d == Directive(str(tmp_path / "s.conf"), 1, "http_access", ("allow", "all"))
+    assert d == Directive(str(tmp_path / "s.conf"), 1, "HTTP_Access", ("allow", "all"))
+    # Squid 5.7: "unrecognized: 'HTTP_Access'", and the line is ignored
+    result = run(tmp_path, "http_access allow localhost\nHttp_Access allow all\n")
+    assert rules(result)[3:] == ["allow localhost", "deny all"]
+    assert result.exit_code == 0
+    assert (
+        "Http_Access: not translated (Squid knows its directives in lower case only"
+        in (result.messages[0])
+    )
 
 
 def test_include_glob_in_order(tmp_path: Path) -> None:
@@ -78,8 +89,10 @@ def test_unreadable_file_exits_1_even_forced(tmp_path: Path) -> None:
 
     result = convert(str(tmp_path / "absent.conf"), force=True)
     assert result.exit_code == 1 and result.toml == ""
-    assert result.messages == [f"{tmp_path / 'absent.conf'}: cannot read "
-                               f"{tmp_path / 'absent.conf'}: No such file or directory"]
+    assert result.messages == [
+        f"{tmp_path / 'absent.conf'}: cannot read "
+        f"{tmp_path / 'absent.conf'}: No such file or directory"
+    ]
 
 
 def test_latin1_file(tmp_path: Path) -> None:

@@ -7,6 +7,6 @@ them each translate one kind of directive (``acls``, ``access``, ``ports``, ``lo
 TOML.
 """
 
-from fwproxy.squidconf.convert import Conversion, convert
+from fwproxy.squidconf.conversion import Conversion, convert
 
 __all__ = ["Conversion", "convert"]

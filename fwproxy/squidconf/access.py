@@ -8,7 +8,8 @@ step1``, then ``splice``/``terminate``) is decided on the TLS server name after 
 allowed the CONNECT: its ``terminate`` becomes ``deny`` rules placed just before each ``allow``
 rule and restricted by that rule's own ACLs, so that a CONNECT Squid refuses with ``403`` is
 refused by fwproxy on its CONNECT line as well, and one Squid terminates is refused on its
-ClientHello. ``bump`` needs fwproxy's interception (``[intercept] rules``).
+ClientHello. ``bump`` and ``splice`` lines become ``[intercept] rules`` where this fwproxy has
+interception (an error otherwise).
 """
 
 from __future__ import annotations
@@ -69,10 +70,17 @@ class Access:
         self.peeks = False
         #: ACLs the rules use, in order
         self.used: dict[str, AclDef] = {}
+        #: this fwproxy has ``[intercept]`` (bumping): ``ssl_bump bump`` is translated
+        self.can_intercept = False
+        #: the ``[intercept] rules`` (filled by :meth:`rules` when there is a bump line)
+        self.intercept: list[str] = []
 
     def http_access(self, d: Directive) -> None:
         if not d.args or d.args[0] not in ("allow", "deny"):
             self.report.error(d, "expected allow or deny, then ACL names")
+            return
+        if len(d.args) == 1:
+            self.report.skip(d, "no ACL: Squid skips the line, and so does the conversion")
             return
         terms = parse_terms(d, d.args[1:], self.acls, self.report)
         # a broken line is left out, but its action still sets Squid's default
@@ -110,12 +118,17 @@ class Access:
                 ok = False
         return ok
 
-    def _text(self, allow: bool, terms: list[Term]) -> str:
+    def words(self, start: str, terms: list[Term]) -> str:
+        """A rule: ``start`` (``allow``, ``parent NAME``, ``bump``...) and the fwproxy names
+        of its ACLs (``all`` for none); the ACLs are remembered as used."""
         words = []
         for acl, neg in terms:
             self.used.setdefault(acl.name.lower(), acl)
             words.append(("!" if neg else "") + self.acls.fw_name(acl))
-        return " ".join(["allow" if allow else "deny", *(words or ["all"])])
+        return " ".join([start, *(words or ["all"])])
+
+    def _text(self, allow: bool, terms: list[Term]) -> str:
+        return self.words("allow" if allow else "deny", terms)
 
     def rules(self, guard: bool, port_names: dict[str, int]) -> list[str]:
         """fwproxy's ``[access] rules``, the floor first (``guard``)."""
@@ -140,7 +153,9 @@ class Access:
             if not last_allow:
                 out.extend(self._terminate_before([], terminations, connect))
             out.append("deny all" if last_allow else "allow all")
-        return out
+        # a rule written twice decides nothing the second time (``http_access deny
+        # to_localhost`` after the floor's)
+        return list(dict.fromkeys(out))
 
     def _terminate_before(
         self, terms: list[Term], terminations: list[list[Term]], connect: AclDef
@@ -162,7 +177,7 @@ class Access:
             terms = _at_final_step(line.terms)
             if terms is None or line.action in ("peek", "stare"):
                 continue  # a step-1 line, or a peek/stare: not what decides
-            if line.action == "bump":
+            if line.action == "bump" and not self.can_intercept:
                 self.report.untranslated(
                     line.where,
                     "fwproxy cannot decrypt tunnels here: no [intercept] section in this "
@@ -171,6 +186,8 @@ class Access:
             if not self._usable(terms, line.where, port_names):
                 continue
             terms = [(a, n) for a, n in terms if not _always([(a, n)])]
+            if line.action in ("bump", "splice") and self.can_intercept:
+                self.intercept.append(self.words(line.action, terms))
             if line.action == "terminate":
                 negations = [[(a, not n) for a, n in m] for m in earlier]
                 count = 1

@@ -50,6 +50,17 @@ _SAME = {
     "myportname": "myportname",  # localport, once the http_port names are known
     "at_step": "at_step",  # only for ssl_bump
 }
+#: every ACL type Squid 5.7 knows (others stop Squid: "FATAL: Invalid ACL type")
+SQUID_TYPES = frozenset(
+    """adaptation_service all-of annotate_client annotate_transaction any-of arp at_step
+    browser ca_cert client_connection_mark clientside_mark connections_encrypted dst dst_as
+    dstdom_regex dstdomain eui64 ext_user ext_user_regex external has hier_code http_status
+    ident ident_regex localip localport max_user_ip maxconn method myportname note peername
+    peername_regex port proto proxy_auth proxy_auth_regex random referer_regex rep_header
+    rep_mime_type req_header req_mime_type server_cert_fingerprint snmp_community squid_error
+    src src_as srcdom_regex srcdomain ssl::server_name ssl::server_name_regex ssl_error tag
+    time transaction_initiator url_regex urllogin urlpath_regex user_cert myip myport""".split()
+)
 _FWPROXY_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 _FLAG = re.compile(r"^[-+][a-zA-Z]$|^--[a-z-]+$")
 
@@ -95,6 +106,9 @@ class Acls:
         key = name.lower()
         if squid_type == "proto" and key == "manager":
             self.report.note(d, "ignored, as Squid does ('manager' is a built-in ACL)")
+            return
+        if squid_type not in SQUID_TYPES:
+            self.report.error(d, f"{squid_type!r} is not an ACL type (Squid refuses to start)")
             return
         kind = _SAME.get(squid_type)
         acl = self.defs.get(key)
@@ -199,8 +213,8 @@ class Acls:
         if kind in ("src", "dst"):
             if not V.is_address_like(value):
                 raise ValueError(
-                    f"{value!r} is not an IP address or network (Squid would resolve a host "
-                    "name once at start-up: write its addresses)"
+                    f"{value!r} is not an IP address or network (a host name there is "
+                    "resolved by Squid once, at start-up: write its addresses instead)"
                 )
             nets, note = V.networks(value)
             if note and d is not None:
@@ -217,12 +231,12 @@ class Acls:
                 )
             return [V.regex(value, False)]
         if kind in ("port", "localport"):
-            lo, _, hi = value.partition("-")
-            if not lo.isdigit() or (hi and not hi.isdigit()) or not 0 < int(lo) <= 65535:
+            lo, dash, hi = value.partition("-")
+            if not lo.isdigit() or (dash and not hi.isdigit()) or not 0 < int(lo) <= 65535:
                 raise ValueError(f"{value!r} is not a port or a range like 1025-65535")
-            if hi and not int(lo) <= int(hi) <= 65535:
+            if dash and not int(lo) <= int(hi) <= 65535:
                 raise ValueError(f"{value!r} is not a range of ports")
-            return [int(value) if not hi else value]
+            return [int(value) if not dash else value]
         if kind == "myportname":
             if value not in port_names:
                 raise ValueError(f"no http_port has name={value}")

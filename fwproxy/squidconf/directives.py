@@ -28,21 +28,21 @@ CACHE = frozenset(
 
 #: process directives and what fwproxy has instead
 PROCESS = {
-    "pid_filename": "twistd --pidfile, or your service manager",
+    "pid_filename": "twistd --pidfile FILE, or your service manager",
     "coredump_dir": "your service manager's working directory",
     "cache_effective_user": "run fwproxy as that user (systemd User=, a container's USER)",
     "cache_effective_group": "run fwproxy as that group (systemd Group=)",
     "workers": "fwproxy run --workers N",
-    "cpu_affinity_map": "taskset or systemd CPUAffinity=",
-    "cache_log": "fwproxy logs on standard output (twistd --logfile FILE)",
+    "cpu_affinity_map": "taskset, or systemd CPUAffinity=",
+    "cache_log": "fwproxy's own log goes to standard output (twistd --logfile FILE)",
     "debug_options": "twistd's logging",
-    "logfile_rotate": "logrotate with SIGUSR1 (re-opens the access log)",
-    "max_filedescriptors": "ulimit -n / systemd LimitNOFILE= ([limits] max_connections follows it)",
-    "sslcrtd_program": "fwproxy ca init (interception's CA)",
+    "logfile_rotate": "logrotate, then SIGUSR1 (fwproxy re-opens its access log)",
+    "max_filedescriptors": "ulimit -n or systemd LimitNOFILE= ([limits] max_connections follows it)",
+    "sslcrtd_program": "fwproxy ca init (the interception CA)",
     "sslcrtd_children": "fwproxy makes host certificates itself",
-    "mail_from": "monitoring of fwproxy's log",
+    "mail_from": "monitor fwproxy's log",
     "cache_mgr": "the admin listener ([admin])",
-    "chroot": "a container or systemd RootDirectory=",
+    "chroot": "a container, or systemd RootDirectory=",
     "logfile_daemon": "fwproxy writes its access log itself",
 }
 

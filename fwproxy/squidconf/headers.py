@@ -7,10 +7,14 @@ is let through, so they are warnings."""
 
 from __future__ import annotations
 
+import re
+
 from fwproxy.squidconf.parse import Directive
 from fwproxy.squidconf.report import Report
 
 _FORWARDED_FOR = ("on", "off", "transparent", "truncate", "delete")
+#: an HTTP token (a header name, Via's name)
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 
 class Headers:
@@ -31,7 +35,7 @@ class Headers:
         self.headers["via"] = d.args[0] == "on"
 
     def visible_hostname(self, d: Directive) -> None:
-        if len(d.args) != 1:
+        if len(d.args) != 1 or not _TOKEN.match(d.args[0]):
             self.report.error(d, "expected one host name")
             return
         self.headers["via_name"] = d.args[0]
@@ -42,6 +46,9 @@ class Headers:
             self.report.error(d, "expected NAME allow|deny ACL...")
             return
         name, action, acls = d.args[0], d.args[1], d.args[2:]
+        if not _TOKEN.match(name):
+            self.report.error(d, f"{name!r} is not a header name")
+            return
         if action == "allow":
             if acls != ("all",):
                 self.report.skip(d, "allow lines for some requests only")
@@ -59,6 +66,9 @@ class Headers:
             self.report.error(d, "expected NAME VALUE [ACL...]")
             return
         name, value = d.args[0], d.args[1]
+        if not _TOKEN.match(name):
+            self.report.error(d, f"{name!r} is not a header name")
+            return
         if len(d.args) > 2:
             self.report.skip(d, "fwproxy adds a header to every request or none")
             return

@@ -24,7 +24,8 @@ MAX_INCLUDE_DEPTH = 16
 
 @dataclass(frozen=True)
 class Directive:
-    """One directive: its file and first line, its name (lower case) and its tokens."""
+    """One directive: its file and first line, its name (as written: Squid knows its
+    directives in lower case only) and its tokens."""
 
     file: str
     line: int
@@ -124,7 +125,7 @@ def _read(
         tokens = tokenize(line)
         if not tokens:
             continue
-        d = Directive(path, number, tokens[0].lower(), tuple(tokens[1:]))
+        d = Directive(path, number, tokens[0], tuple(tokens[1:]))
         if d.name == "include":
             _include(d, report, out, depth)
         else:
@@ -157,6 +158,9 @@ def file_values(token: str, d: Directive, report: Report) -> list[str] | None:
     """The values in the file a quoted token names (relative to the directive's file), one
     or more per line, ``#`` comments skipped; None (reported as an error) when unreadable."""
     name = token[1:-1]
+    if not name:
+        report.error(d, '"" names no file of values')
+        return None
     path = name if os.path.isabs(name) else os.path.join(os.path.dirname(d.file), name)
     try:
         text = read_text(path)

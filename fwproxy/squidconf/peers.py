@@ -93,6 +93,9 @@ class Peers:
         if d.args[0].lower() not in self.fw_names:
             self.report.error(d, f"no cache_peer is named {d.args[0]!r}")
             return
+        if len(d.args) == 2:
+            self.report.skip(d, "no ACL: Squid skips the line, and so does the conversion")
+            return
         terms = parse_terms(d, d.args[2:], self.acls, self.report)
         if terms is not None:
             self.access.setdefault(d.args[0].lower(), []).append(Line(d.args[1], terms, d))
@@ -100,6 +103,9 @@ class Peers:
     def direct(self, d: Directive) -> None:
         if not d.args or d.args[0] not in ("allow", "deny"):
             self.report.error(d, "expected allow|deny ACL...")
+            return
+        if len(d.args) == 1:
+            self.report.skip(d, "no ACL: Squid skips the line, and so does the conversion")
             return
         terms = parse_terms(d, d.args[1:], self.acls, self.report)
         if terms is None:
@@ -125,7 +131,12 @@ class Peers:
                     self.report.skip(
                         line.where, "deny lines: the peer is used where an allow line matches"
                     )
-        if self.never:
+        if self.never and not self.parents:
+            for line in self.never:
+                self.report.untranslated(
+                    line.where, "no cache_peer: Squid cannot forward these requests at all"
+                )
+        elif self.never:
             chosen = free or list(self.parents)
             out.extend(text("parent " + ",".join(chosen), line.terms) for line in self.never)
         elif free and self.first is not None:

@@ -30,6 +30,8 @@ class Ports:
         self.listen: list[str] = []
         #: ``name=`` of each port (default: the port as written), for ``myportname``
         self.names: dict[str, int] = {}
+        #: the CA file of an ``ssl-bump`` port (``tls-cert=``), if any
+        self.bump_cert = ""
 
     def port(self, d: Directive) -> None:
         if not d.args:
@@ -48,6 +50,8 @@ class Ports:
             )
             return
         self.names[options.get("name") or d.args[0]] = port
+        if "ssl-bump" in options:
+            self.bump_cert = options.get("tls-cert") or options.get("cert") or self.bump_cert
         if m["v6"]:
             endpoint = f"tcp6:{port}:interface=" + m["v6"].replace(":", "\\:")
         elif m["v4"]:

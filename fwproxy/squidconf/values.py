@@ -27,7 +27,6 @@ _EVERYTHING = {
 }
 
 _V4 = re.compile(r"^[0-9.]+$")
-_V6 = re.compile(r"^[0-9A-Fa-f:]+$")
 
 
 def _address(text: str, whole: str) -> IPAddr:
@@ -86,9 +85,7 @@ def networks(value: str) -> tuple[list[str], str | None]:
 def is_address_like(value: str) -> bool:
     """Whether a ``src``/``dst`` value is written as an address (not a host name)."""
     head = value.partition("/")[0].partition("-")[0]
-    return bool(_V4.match(head) or (":" in head and _V6.match(head))) or value.lower() in (
-        _EVERYTHING
-    )
+    return bool(_V4.match(head) or ":" in head) or value.lower() in _EVERYTHING
 
 
 #: POSIX bracket classes (Squid's regexes are POSIX extended) and Python's spelling

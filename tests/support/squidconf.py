@@ -7,6 +7,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from fwproxy.acl import ACL_TYPES
 from fwproxy.config import Config, loads
 from fwproxy.squidconf import Conversion, convert
 
@@ -35,3 +36,11 @@ def config(result: Conversion) -> Config:
 
 
 FLOOR = ["deny to_linklocal", "deny to_localhost", "deny to_self"]
+
+
+def config_if_known(result: Conversion, *types: str) -> Config | None:
+    """:func:`config`, once this fwproxy has the ACL ``types`` (``urlpath_regex`` and
+    ``localport`` come with another branch); None before."""
+    if all(t in ACL_TYPES for t in types):
+        return config(result)
+    return None

@@ -12,10 +12,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from fwproxy.config import Config
 from fwproxy.squidconf import directives as D
 from fwproxy.squidconf import emit
 from fwproxy.squidconf import values as V
-from fwproxy.squidconf.access import Access, Term
+from fwproxy.squidconf.access import Access
 from fwproxy.squidconf.acls import Acls
 from fwproxy.squidconf.auth import Auth
 from fwproxy.squidconf.headers import Headers
@@ -73,7 +74,13 @@ class _Converter:
 
     def directive(self, d: Directive) -> None:
         handler = self.handlers.get(d.name)
-        if handler is not None:
+        if d.name != d.name.lower():
+            self.report.skip(
+                d,
+                "Squid knows its directives in lower case only and ignores this line "
+                "('unrecognized'); so does the conversion",
+            )
+        elif handler is not None:
             handler(d)
         elif d.name in D.TIMEOUTS:
             try:
@@ -83,7 +90,7 @@ class _Converter:
         elif d.name in D.CACHE:
             self.report.skip(d, "fwproxy does not cache")
         elif d.name in D.PROCESS:
-            self.report.skip(d, f"a process setting; fwproxy: {D.PROCESS[d.name]}")
+            self.report.skip(d, f"a process setting; with fwproxy: {D.PROCESS[d.name]}")
         elif d.name == "http_reply_access" and d.args == ("allow", "all"):
             self.report.skip(d, "allow all: nothing to translate")
         elif d.name in D.ACCESS:
@@ -93,18 +100,35 @@ class _Converter:
         else:
             self.report.skip(d, "unknown directive")
 
-    def _routing_text(self, start: str, terms: list[Term]) -> str:
-        return self.access._text(True, terms).replace("allow", start, 1)
+    def _intercept(self) -> dict[str, object]:
+        """``[intercept]``, when an ``ssl_bump bump`` line was translated."""
+        rules = self.access.intercept
+        if not any(r.startswith("bump") for r in rules):
+            return {}
+        first = next(line.where for line in self.access.bump if line.action == "bump")
+        squid_ca = f" ({self.ports.bump_cert})" if self.ports.bump_cert else ""
+        self.report.note(
+            first,
+            f'[intercept] ca = "{CA_DIR}" must be a directory made by "fwproxy ca init '
+            f"{CA_DIR}\" (clients must then trust its ca.pem). Squid's tls-cert= file"
+            f"{squid_ca} is not usable as is: fwproxy reads the CA's certificate and its "
+            "unencrypted key from two files, DIR/ca.pem and DIR/ca.key",
+        )
+        return {"ca": CA_DIR, "rules": rules}
 
     def toml(self, source: str, guard: bool) -> str:
         names = self.ports.names
+        self.access.can_intercept = can_intercept()
         rules = self.access.rules(guard, names)
-        routing = self.peers.rules(self._routing_text)
+        routing = self.peers.rules(self.access.words)
         tables: list[tuple[list[str], dict[str, object]]] = []
         tables.append((["proxy"], {"listen": self.ports.listen} if self.ports.listen else {}))
         tables.append((["timeouts"], dict(self.timeouts)))
         if self.access.peeks:
             tables.append((["tunnel"], {"peek_ports": [443]}))
+        intercept = self._intercept()
+        if intercept:
+            tables.append((["intercept"], intercept))
         if self.auth.auth:
             tables.append((["auth"], dict(self.auth.auth)))
         for acl in self.access.used.values():
@@ -127,6 +151,15 @@ class _Converter:
         return emit.document(header, tables)
 
 
+#: the ``[intercept] ca`` directory written (relative to the converted file)
+CA_DIR = "fwproxy-ca"
+
+
+def can_intercept() -> bool:
+    """Whether this fwproxy has ``[intercept]`` (decrypting tunnels)."""
+    return "intercept" in Config.__dataclass_fields__
+
+
 def convert(path: str, *, force: bool = False, guard: bool = True) -> Conversion:
     """Convert the squid.conf at ``path`` (and the files it includes) to fwproxy's TOML.
 
@@ -147,7 +180,9 @@ def convert(path: str, *, force: bool = False, guard: bool = True) -> Conversion
     text = conv.toml(path, guard)
     code = 1 if report.errors and not force else 0
     files = list(dict.fromkeys(d.file for d in directives))
-    return Conversion(text, _in_order(report.messages, files), _in_order(report.errors, files), code)
+    return Conversion(
+        text, _in_order(report.messages, files), _in_order(report.errors, files), code
+    )
 
 
 def _in_order(lines: list[str], files: list[str]) -> list[str]:
