@@ -3,8 +3,10 @@
 
 Named ACLs, each of one type, and an ordered list of rules ``allow|deny NAME [!NAME ...]``:
 the first rule whose ACLs all match decides; no match means deny. Types: ``src``, ``dst``,
-``dstdomain``, ``dstdom_regex``, ``port``, ``method``, ``url_regex``, ``time``, ``proxy_auth``,
-``client_cert``, ``ssl_sni``.
+``dstdomain``, ``port``, ``localport``, ``method``, ``time``, ``proxy_auth``, ``client_cert``,
+``ssl_sni``, and the regular-expression types of :mod:`fwproxy.acl_regex` (``dstdom_regex``,
+``url_regex``, ``urlpath_regex``); what they are built on is in :mod:`fwproxy.acl_base`, and this
+module exports it all.
 Predefined: ``all``, and the destination sets ``to_localhost``, ``to_linklocal``, ``to_self``,
 ``to_private``, ``to_nonpublic`` (every IANA special-purpose range that is not globally
 reachable); ``dst`` and these match an IPv6 address that carries an IPv4 one (NAT64, 6to4,
@@ -24,108 +26,29 @@ import ipaddress
 import re
 import time as _time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
-from fwproxy.selfcheck import IPAddress, all_self, parse_ip
+from fwproxy.acl_base import CLIENT_CERT_NOTE as CLIENT_CERT_NOTE
+from fwproxy.acl_base import Acl as Acl
+from fwproxy.acl_base import AclContext as AclContext
+from fwproxy.acl_base import AclError as AclError
+from fwproxy.acl_base import ClientCert as ClientCert
+from fwproxy.acl_base import NeedAddresses as NeedAddresses
+from fwproxy.acl_base import NeedCredentials as NeedCredentials
+from fwproxy.acl_base import NeedSni as NeedSni
+from fwproxy.acl_base import client_ip as client_ip
+from fwproxy.acl_base import strings
+from fwproxy.acl_regex import DstDomRegexAcl as DstDomRegexAcl
+from fwproxy.acl_regex import UrlPathRegexAcl as UrlPathRegexAcl
+from fwproxy.acl_regex import UrlRegexAcl as UrlRegexAcl
+from fwproxy.selfcheck import IPAddress, all_self
 from fwproxy.special_addresses import NONPUBLIC, NONPUBLIC_EXCEPTIONS, embedded_ipv4
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-class AclError(ValueError):
-    """A value in an ACL definition or rule is invalid."""
-
-
-class NeedAddresses(Exception):
-    """A rule needs the destination's resolved addresses, which the context does not have."""
-
-
-class NeedCredentials(Exception):
-    """A rule needs the authenticated user, and authentication has not been tried yet."""
-
-
-@dataclass(frozen=True, slots=True)
-class ClientCert:
-    """A client certificate verified by a TLS listener, as the ACLs and the log see it:
-    ``name`` is the identity logged (the subject CN, else the first SAN DNS name), ``names``
-    what a ``client_cert`` ACL matches (the CN and every SAN DNS name, lower case)."""
-
-    name: str
-    names: tuple[str, ...]
-
-
-#: the key of ``Request.notes`` holding the connection's verified :class:`ClientCert`
-CLIENT_CERT_NOTE = "fwproxy.client_cert"
-
-
-class NeedSni(Exception):
-    """A rule needs the TLS server name of a tunnel whose ClientHello has not arrived yet."""
-
-
-#: a transport's or resolver's host string as an address (IPv4-mapped IPv6 becomes IPv4)
-client_ip = parse_ip
-
-
-@dataclass(slots=True)
-class AclContext:
-    """What the ACLs look at for one request (not frozen: it is made for every request, and a
-    frozen dataclass is several times slower to construct)."""
-
-    client: IPAddress | None
-    method: str
-    host: str
-    port: int
-    url: str
-    user: str = ""
-    now: float = 0.0
-    #: resolved destination addresses; None until resolved
-    addresses: tuple[IPAddress, ...] | None = None
-    #: seconds east of UTC for ``time`` ACLs (None: the machine's local time)
-    utcoffset: int | None = None
-    #: authentication has not been tried yet: a ``proxy_auth`` ACL raises NeedCredentials
-    auth_pending: bool = False
-    #: the proxy's listening ``(host, port)`` pairs, for ``to_self``
-    listening: Sequence[tuple[str, int]] = ()
-    #: the client certificate a TLS listener verified on this connection, if any
-    client_cert: ClientCert | None = None
-    #: a peeked tunnel's TLS server name ("" when its ClientHello named none); None otherwise
-    sni: str | None = None
-    #: the ClientHello is still to come: an ``ssl_sni`` ACL raises NeedSni
-    sni_pending: bool = False
-
-
-class Acl:
-    """One named ACL. Subclasses implement :meth:`match`."""
-
-    kind = ""
-    needs_addresses = False
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def match(self, ctx: AclContext) -> bool:
-        raise NotImplementedError
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.name}>"
-
-
-def _strings(name: str, kind: str, values: object) -> list[str]:
-    if isinstance(values, (str, int)):
-        values = [values]
-    if not isinstance(values, list) or not values:
-        raise AclError(f"acl.{name}.{kind}: expected a non-empty list")
-    out = []
-    for v in values:
-        if isinstance(v, bool) or not isinstance(v, (str, int)):
-            raise AclError(f"acl.{name}.{kind}: {v!r} is not a string")
-        out.append(str(v))
-    return out
-
-
 def _networks(name: str, kind: str, values: object) -> tuple[IPNetwork, ...]:
     nets = []
-    for v in _strings(name, kind, values):
+    for v in strings(name, kind, values):
         try:
             nets.append(ipaddress.ip_network(v, strict=False))
         except ValueError:
@@ -240,7 +163,7 @@ def _domains(
     example.com and every subdomain; lower case, no trailing dot, no blanks (with ``spaces``:
     inner spaces allowed, as in a certificate's common name; never line breaks or tabs)."""
     exact, suffixes = set(), []
-    for v in _strings(name, kind, values):
+    for v in strings(name, kind, values):
         d = v.strip().lower().rstrip(".")
         if not d or d == "." or any(c.isspace() and (c != " " or not spaces) for c in d):
             raise AclError(f"acl.{name}.{kind}: {v!r} is not {what}")
@@ -264,62 +187,46 @@ class DstDomainAcl(Acl):
         return host in self.exact or host.endswith(self.suffixes)
 
 
-def _regexes(name: str, kind: str, values: object, flags: int) -> tuple[re.Pattern[str], ...]:
-    out = []
-    for v in _strings(name, kind, values):
+def _port_ranges(name: str, kind: str, values: object) -> tuple[tuple[int, int], ...]:
+    """``port``-style values: numbers and ``low-high`` ranges, as ``(low, high)`` pairs."""
+    ranges = []
+    for v in strings(name, kind, values):
+        lo_s, sep, hi_s = v.partition("-")
         try:
-            out.append(re.compile(v, flags))
-        except re.error as e:
-            raise AclError(f"acl.{name}.{kind}: bad regular expression {v!r}: {e}") from None
-    return tuple(out)
-
-
-class DstDomRegexAcl(Acl):
-    kind = "dstdom_regex"
-
-    def __init__(self, name: str, values: object) -> None:
-        super().__init__(name)
-        self.patterns = _regexes(name, self.kind, values, re.IGNORECASE)
-
-    def match(self, ctx: AclContext) -> bool:
-        return any(p.search(ctx.host) for p in self.patterns)
-
-
-class UrlRegexAcl(Acl):
-    """Case-sensitive like squid's; write ``(?i)`` in a pattern for case-insensitive."""
-
-    kind = "url_regex"
-
-    def __init__(self, name: str, values: object) -> None:
-        super().__init__(name)
-        self.patterns = _regexes(name, self.kind, values, 0)
-
-    def match(self, ctx: AclContext) -> bool:
-        return any(p.search(ctx.url) for p in self.patterns)
+            lo = int(lo_s)
+            hi = int(hi_s) if sep else lo
+        except ValueError:
+            raise AclError(
+                f'acl.{name}.{kind}: {v!r} is not a port or range like "1025-65535"'
+            ) from None
+        if not (1 <= lo <= hi <= 65535):
+            raise AclError(f"acl.{name}.{kind}: {v!r} is out of range (1-65535, low-high)")
+        ranges.append((lo, hi))
+    return tuple(ranges)
 
 
 class PortAcl(Acl):
+    """The destination port."""
+
     kind = "port"
 
     def __init__(self, name: str, values: object) -> None:
         super().__init__(name)
-        ranges = []
-        for v in _strings(name, self.kind, values):
-            lo_s, sep, hi_s = v.partition("-")
-            try:
-                lo = int(lo_s)
-                hi = int(hi_s) if sep else lo
-            except ValueError:
-                raise AclError(
-                    f'acl.{name}.port: {v!r} is not a port or range like "1025-65535"'
-                ) from None
-            if not (1 <= lo <= hi <= 65535):
-                raise AclError(f"acl.{name}.port: {v!r} is out of range (1-65535, low-high)")
-            ranges.append((lo, hi))
-        self.ranges = tuple(ranges)
+        self.ranges = _port_ranges(name, self.kind, values)
 
     def match(self, ctx: AclContext) -> bool:
         p = ctx.port
+        return any(lo <= p <= hi for lo, hi in self.ranges)
+
+
+class LocalPortAcl(PortAcl):
+    """Squid's ``localport``: the proxy's own port the client connected to (the listener's,
+    also behind a PROXY-protocol listener, whose header names another)."""
+
+    kind = "localport"
+
+    def match(self, ctx: AclContext) -> bool:
+        p = ctx.local_port
         return any(lo <= p <= hi for lo, hi in self.ranges)
 
 
@@ -332,7 +239,7 @@ class MethodAcl(Acl):
     def __init__(self, name: str, values: object) -> None:
         super().__init__(name)
         methods = set()
-        for v in _strings(name, self.kind, values):
+        for v in strings(name, self.kind, values):
             if not _METHOD.match(v):
                 raise AclError(f"acl.{name}.method: {v!r} is not an HTTP method")
             methods.add(v.upper())
@@ -354,7 +261,7 @@ class TimeAcl(Acl):
     def __init__(self, name: str, values: object) -> None:
         super().__init__(name)
         specs = []
-        for v in _strings(name, self.kind, values):
+        for v in strings(name, self.kind, values):
             m = _TIME.match(v.strip())
             if not m or not (m.group(1) or m.group(2)):
                 raise AclError(
@@ -400,7 +307,7 @@ class ProxyAuthAcl(Acl):
 
     def __init__(self, name: str, values: object) -> None:
         super().__init__(name)
-        users = _strings(name, self.kind, values)
+        users = strings(name, self.kind, values)
         self.any_user = "REQUIRED" in users
         self.users = frozenset(u for u in users if u != "REQUIRED")
 
@@ -438,8 +345,10 @@ ACL_TYPES: dict[str, type[Acl]] = {
         DstDomainAcl,
         DstDomRegexAcl,
         PortAcl,
+        LocalPortAcl,
         MethodAcl,
         UrlRegexAcl,
+        UrlPathRegexAcl,
         TimeAcl,
         ProxyAuthAcl,
         ClientCertAcl,

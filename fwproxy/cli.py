@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_cli -*-
 """The ``fwproxy`` command: ``fwproxy check-config FILE``, ``fwproxy run [OPTIONS]``,
-``fwproxy ca init DIR``, ``fwproxy --version``.
+``fwproxy ca init DIR``, ``fwproxy convert-squid SQUID_CONF``, ``fwproxy --version``.
 
 ``fwproxy run`` takes exactly the options of ``twistd fwproxy`` (``--config``, ``--listen``,
 ``--workers``) and runs twistd in this process, in the foreground, without a pid file: logs on
@@ -24,6 +24,7 @@ from twisted.scripts.twistd import ServerOptions, runApp
 from fwproxy import __version__, cacert
 from fwproxy import protocol as _request_path  # noqa: F401  (for compiled_modules)
 from fwproxy.config import ConfigError, load
+from fwproxy.squidconf import convert
 
 #: what ``fwproxy run`` hands to twistd as its sub-command (as the dropin does for ``twistd``)
 SERVICE_MAKER = ServiceMaker("fwproxy", "fwproxy.tap", "A forward (egress) HTTP proxy", "fwproxy")
@@ -95,6 +96,26 @@ def ca_init(directory: str) -> int:
     return 0
 
 
+def convert_squid(path: str, out: str | None, force: bool, guard: bool) -> int:
+    """``fwproxy convert-squid``: the TOML on stdout or in ``out`` (never written when the
+    conversion fails), one message per line on stderr."""
+    result = convert(path, force=force, guard=guard)
+    for line in result.messages:
+        print(line, file=sys.stderr)
+    if result.exit_code:
+        return result.exit_code
+    if out is None:
+        sys.stdout.write(result.toml)
+        return 0
+    try:
+        with open(out, "w", encoding="utf-8") as f:
+            f.write(result.toml)
+    except OSError as e:
+        print(f"{out}: cannot write: {e.strerror or e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def compiled_modules() -> list[str]:
     """The modules of the request path running as compiled code (the optional mypyc build:
     see setup.py); empty for the pure-Python build."""
@@ -126,6 +147,11 @@ def _parser() -> argparse.ArgumentParser:
     cc = sub.add_parser("check-config", help="validate a configuration file and exit")
     cc.add_argument("file", nargs="?", help="the TOML file (default: the embedded default)")
     cc.add_argument("--strict", action="store_true", help="treat warnings as errors")
+    cs = sub.add_parser("convert-squid", help="convert a squid.conf to fwproxy's TOML")
+    cs.add_argument("squid_conf", help="the squid.conf (its include files are read too)")
+    cs.add_argument("-o", "--output", help="write the TOML here instead of standard output")
+    cs.add_argument("--force", action="store_true", help="drop what cannot be converted; exit 0")
+    cs.add_argument("--no-guard", action="store_true", help="leave out the SSRF floor rules")
     sub.add_parser(
         "run",
         add_help=False,
@@ -148,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         return check_config(ns.file, ns.strict)
     if ns.command == "ca":
         return ca_init(ns.dir)
+    if ns.command == "convert-squid":
+        return convert_squid(ns.squid_conf, ns.output, ns.force, not ns.no_guard)
     return run([])  # pragma: no cover - "run" was dispatched above
 
 

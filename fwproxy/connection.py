@@ -61,6 +61,8 @@ class ClientConnectionBase(Protocol):
         self.upstream_producer = _ReasonProducer(self, "upstream")
         self.client: tuple[str, int] = ("", 0)
         self.local: tuple[str, int] = ("", 0)
+        #: the listener's port, read once in connectionMade (before a PROXY-protocol header)
+        self.local_port = 0
         #: the client certificate a TLS listener verified (known from the first bytes on)
         self.client_cert: ClientCert | None = None
         self._pauses = 0  # a bit per reason (see _REASONS)
@@ -98,6 +100,7 @@ class ClientConnectionBase(Protocol):
     # -- connection ------------------------------------------------------------------------
     def connectionMade(self) -> None:
         self._address()
+        self.local_port = self.local[1]
         try:
             self.transport.setTcpNoDelay(True)
         except (AttributeError, OSError):

@@ -120,6 +120,9 @@ class ClientConnection(Protocol):
     #: listener, the original client's)
     client: tuple[str, int]
     local: tuple[str, int]
+    #: the proxy's own port this connection came in on (the listener's, even where a
+    #: PROXY-protocol header names another in ``local``)
+    local_port: int
     #: the client certificate a TLS listener verified on this connection, if any
     client_cert: ClientCert | None
 

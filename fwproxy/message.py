@@ -141,6 +141,7 @@ class Request:
         "notes",
         "credentials",
         "checked",
+        "local_port",
     )
 
     def __init__(
@@ -175,6 +176,9 @@ class Request:
         #: such as the ``acl`` filter); when a later filter changes the destination, the proxy
         #: has it checked again before connecting
         self.checked: Destination | None = None
+        #: the proxy's own port the client connected to (the listener's, also behind a
+        #: PROXY-protocol listener); 0 when not known
+        self.local_port = 0
 
     @property
     def destination(self) -> Destination:

@@ -170,8 +170,11 @@ class Transaction:
     def run_filters(self, hooks: tuple[Any, ...], then: Any) -> None:
         """Run request (or CONNECT) hooks on :attr:`request`, then ``then(answer)`` —
         synchronously when every hook answers so."""
-        if self.conn.client_cert is not None and self.request is not None:
-            self.request.notes[CLIENT_CERT_NOTE] = self.conn.client_cert  # for client_cert ACLs
+        request = self.request
+        if request is not None:
+            request.local_port = self.conn.local_port  # for localport ACLs
+            if self.conn.client_cert is not None:
+                request.notes[CLIENT_CERT_NOTE] = self.conn.client_cert  # for client_cert ACLs
         try:
             result = chain.run(hooks, self.request) if hooks else None
         except Exception:

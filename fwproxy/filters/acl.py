@@ -77,6 +77,8 @@ def request_context(
         addresses=addresses,
         listening=listening,
         client_cert=request.notes.get(CLIENT_CERT_NOTE),
+        path=request.path,
+        local_port=request.local_port,
         **more,
     )
 
