@@ -26,7 +26,7 @@ from typing import Any
 from mypy_extensions import mypyc_attr
 from twisted.internet.defer import CancelledError
 
-from fwproxy import http1, writes
+from fwproxy import http1, upgrade, writes
 from fwproxy.contracts import ClientConnection, ProxyServices
 from fwproxy.destination import RoutedTransaction
 from fwproxy.http1 import BODY, END, ERROR, ProtocolError, RequestHead
@@ -34,7 +34,7 @@ from fwproxy.message import Headers, Request, Response
 from fwproxy.parents import to_parent
 from fwproxy.record import TCP_MISS, TCP_MISS_ABORTED
 from fwproxy.response import ResponseRelay
-from fwproxy.target import parse_absolute
+from fwproxy.target import http_form, parse_absolute
 from fwproxy.transaction import USAGE
 from fwproxy.upstream import UpstreamProtocol
 
@@ -74,6 +74,15 @@ def _with_host(fields: list[tuple[bytes, bytes]], host_header: bytes) -> list[tu
     return fields
 
 
+def _parse_target(head: RequestHead) -> tuple[str, str, int, bytes, bytes]:
+    """:func:`fwproxy.target.parse_absolute` of ``head``'s target, which a ``ws://`` or
+    ``wss://`` one is rewritten to ``http://`` or ``https://`` first: relayed, checked by the
+    rules and logged as that."""
+    if head.target[:1] in b"wW":
+        head.target = http_form(head.target)
+    return parse_absolute(head.target)
+
+
 @mypyc_attr(allow_interpreted_subclasses=True)
 class RelayTransaction(RoutedTransaction):
     """One relayed request/response."""
@@ -93,7 +102,7 @@ class RelayTransaction(RoutedTransaction):
     def start(self) -> None:
         head = self.head
         try:
-            scheme, host, port, path, host_header = parse_absolute(head.target)
+            scheme, host, port, path, host_header = _parse_target(head)
         except http1.ProtocolError as e:
             self.answer(Response.text(e.status, f"fwproxy: {e.message}. {USAGE}"), close=True)
             return
@@ -103,7 +112,7 @@ class RelayTransaction(RoutedTransaction):
             host,
             port,
             path,
-            Headers._adopt(_with_host(http1.end_to_end(head.headers), host_header)),
+            Headers._adopt(_with_host(upgrade.request_fields(self), host_header)),
             head.version,
             self.conn.client,
             scheme,
