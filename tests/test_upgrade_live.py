@@ -1,0 +1,164 @@
+"""WebSocket through the relay, end to end on loopback: a real ``websockets`` server as the
+origin, aiohttp's client with ``proxy=http://127.0.0.1:PORT`` (it sends ``GET ws://...`` in
+absolute form; the ``websockets`` client would use CONNECT) and raw sockets, through a live
+fwproxy (``fwproxy.testing``) with ``[relay] upgrade = ["websocket"]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from fwproxy.logformat import squid
+from fwproxy.testing import LOOPBACK_CONFIG
+
+aiohttp = pytest.importorskip("aiohttp")
+websockets = pytest.importorskip("websockets")
+from websockets.asyncio.server import serve  # noqa: E402
+
+CONFIG = LOOPBACK_CONFIG + '\n[relay]\nupgrade = ["websocket"]\n'
+
+
+async def _echo(ws: Any) -> None:
+    async for message in ws:
+        await ws.send(message)
+
+
+@asynccontextmanager
+async def echo_server() -> AsyncIterator[int]:
+    """A WebSocket echo origin on 127.0.0.1 (messages up to 16 MiB); yields its port."""
+    async with serve(_echo, "127.0.0.1", 0, max_size=16 * 2**20) as server:
+        yield server.sockets[0].getsockname()[1]
+
+
+def run(coro: Callable[[], Any]) -> Any:
+    return asyncio.run(asyncio.wait_for(coro(), 60))
+
+
+@pytest.fixture
+def proxy(fwproxy: Any) -> Any:
+    return fwproxy(CONFIG)
+
+
+def test_aiohttp_ws_through_the_relay_echoes_both_ways(proxy: Any) -> None:
+    big = bytes(range(256)) * 16384  # 4 MiB: more than every buffer on the way (flow control)
+
+    async def main() -> list[Any]:
+        async with echo_server() as port, aiohttp.ClientSession() as session:
+            url = f"ws://127.0.0.1:{port}/chat"
+            async with session.ws_connect(url, proxy=proxy.url, max_msg_size=0) as ws:
+                got = []
+                for text in ("hello", "wörld", "x" * 70000):
+                    await ws.send_str(text)
+                    got.append((await ws.receive()).data)
+                await ws.send_bytes(big)
+                got.append((await ws.receive()).data)
+                await ws.close()
+                return [got, ws.close_code]
+
+    got, close_code = run(main)
+    assert got == ["hello", "wörld", "x" * 70000, big]
+    assert close_code == 1000  # the close handshake went through both ways
+    [rec] = proxy.wait_for_records(1)
+    assert (rec.method, rec.status, rec.result) == ("GET", 101, "TCP_MISS")
+    assert rec.target.startswith("http://127.0.0.1:") and rec.target.endswith("/chat")
+    assert rec.bytes_in > len(big) and rec.bytes_out > len(big)
+    line = squid(rec)
+    assert " TCP_MISS/101 " in line and f" GET {rec.target} " in line
+
+
+def test_many_messages_both_ways_concurrently(proxy: Any) -> None:
+    async def main() -> int:
+        async with echo_server() as port, aiohttp.ClientSession() as session:
+            async with session.ws_connect(f"ws://127.0.0.1:{port}/", proxy=proxy.url) as ws:
+
+                async def send() -> None:
+                    for i in range(500):
+                        await ws.send_str(f"m{i}")
+
+                sender = asyncio.create_task(send())
+                seen = [(await ws.receive()).data for _ in range(500)]
+                await sender
+                assert seen == [f"m{i}" for i in range(500)]
+                return len(seen)
+
+    assert run(main) == 500
+    proxy.wait_for_records(1)
+
+
+def _raw(proxy: Any, data: bytes, until: bytes, sock_timeout: float = 10) -> tuple[Any, bytes]:
+    url = urlsplit(proxy.url)
+    s = socket.create_connection((url.hostname, url.port), timeout=sock_timeout)
+    s.sendall(data)
+    got = b""
+    while until not in got:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        got += chunk
+    return s, got
+
+
+def test_raw_absolute_form_upgrade_and_a_frame(proxy: Any) -> None:
+    async def main() -> bytes:
+        async with echo_server() as port:
+            head = (
+                f"GET http://127.0.0.1:{port}/ HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+            # a masked text frame "hi" right behind the head: held until the 101, then raw
+            frame = b"\x81\x82" + b"\x01\x02\x03\x04" + bytes([ord("h") ^ 1, ord("i") ^ 2])
+            loop = asyncio.get_running_loop()
+            s, got = await loop.run_in_executor(None, _raw, proxy, head + frame, b"\x81\x02hi")
+            s.close()
+            return got
+
+    got = run(main)
+    assert got.startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
+    assert b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n" in got
+    assert got.endswith(b"\r\n\r\n\x81\x02hi")
+    [rec] = proxy.wait_for_records(1)
+    assert (rec.status, rec.result) == (101, "TCP_MISS")
+
+
+def test_refused_upgrade_then_a_smuggled_request_is_checked(fwproxy: Any) -> None:
+    # the origin is plain HTTP (it answers 200 and ignores Upgrade); what the client sends
+    # after the refused upgrade is a request for a destination the rules deny: 403
+    proxy = fwproxy(
+        CONFIG.replace(
+            '"allow loopback to_localhost"', '"deny denied", "allow loopback to_localhost"'
+        )
+        + '\n[acl.denied]\nurl_regex = ["/admin"]\n'
+    )
+
+    async def origin(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await reader.readuntil(b"\r\n\r\n"):
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+
+    async def main() -> bytes:
+        server = await asyncio.start_server(origin, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            data = (
+                f"GET ws://127.0.0.1:{port}/ HTTP/1.1\r\nUpgrade: websocket\r\n"
+                "Connection: Upgrade\r\n\r\n"
+                f"GET http://127.0.0.1:{port}/admin HTTP/1.1\r\n\r\n"
+            ).encode()
+            loop = asyncio.get_running_loop()
+            s, got = await loop.run_in_executor(None, _raw, proxy, data, b"denied")
+            s.close()
+            return got
+
+    got = run(main)
+    assert got.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"\r\n\r\nokHTTP/1.1 403 Forbidden\r\n" in got
+    recs = proxy.wait_for_records(2)
+    assert [(r.status, r.result) for r in recs] == [(200, "TCP_MISS"), (403, "TCP_DENIED")]
