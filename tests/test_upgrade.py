@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 from twisted.internet import error as ierror
+from twisted.internet.defer import Deferred
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
@@ -246,6 +247,39 @@ def test_a_response_filter_can_refuse_the_101() -> None:
         up.send(SWITCHED + b"\x81\x01x")
         assert status_of(c.take()) == 403
         assert up.closed and not c.closed
+
+
+@implementer(IResponseFilter)
+class Later:
+    def __init__(self, answer: Response | None) -> None:
+        self.answer = answer
+        self.pending: list[Deferred[Response | None]] = []
+
+    def responseReceived(self, request: Request, response: Response) -> Deferred:
+        d: Deferred[Response | None] = Deferred()
+        self.pending.append(d)
+        return d
+
+
+@pytest.mark.parametrize("refuse", [False, True])
+def test_a_response_filter_deciding_later_on_the_101(refuse: bool) -> None:
+    later = Later(Response.text(403, "no") if refuse else None)
+    with harnesses() as make:
+        h = make(CONFIG, filters=[later])
+        c = h.connect()
+        c.send(UPGRADE + b"early")
+        up = h.accept()
+        up.take()
+        up.send(SWITCHED + b"\x81\x01x")
+        assert c.take() == b"" and up.paused
+        up.send(b"\x81\x01y")  # a read already under way: held too
+        [d] = later.pending
+        d.callback(later.answer)
+        if refuse:
+            assert status_of(c.take()) == 403 and up.closed
+            return
+        assert c.take() == TO_CLIENT + b"\x81\x01x\x81\x01y"
+        assert up.take() == b"early" and not up.paused
 
 
 # -- a refused upgrade: HTTP goes on (no smuggling) -------------------------------------------

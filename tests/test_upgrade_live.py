@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from support.certs import CA
 
 from fwproxy.logformat import squid
 from fwproxy.testing import LOOPBACK_CONFIG
@@ -162,3 +164,38 @@ def test_refused_upgrade_then_a_smuggled_request_is_checked(fwproxy: Any) -> Non
     assert b"\r\n\r\nokHTTP/1.1 403 Forbidden\r\n" in got
     recs = proxy.wait_for_records(2)
     assert [(r.status, r.result) for r in recs] == [(200, "TCP_MISS"), (403, "TCP_DENIED")]
+
+
+def upgrade_request(target: str, host: str) -> bytes:
+    """An absolute-form WebSocket handshake for ``target`` and a masked text frame "hi"."""
+    head = (
+        f"GET {target} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+    return head + b"\x81\x82" + b"\x01\x02\x03\x04" + bytes([ord("h") ^ 1, ord("i") ^ 2])
+
+
+def test_wss_target_is_relayed_over_verified_tls(fwproxy: Any, tmp_path: Any) -> None:
+    # aiohttp tunnels wss:// with CONNECT; GET wss://... in absolute form is relayed over TLS
+    # that fwproxy originates and verifies, as GET https://... is
+    ca = CA("fwproxy upgrade CA")
+    cert, key = ca.issue("localhost").write(tmp_path, "origin")
+    ca_file = ca.write(tmp_path)
+    proxy = fwproxy(CONFIG + f"\n[tls]\nca_file = {str(ca_file)!r}\n")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+
+    async def main() -> bytes:
+        async with serve(_echo, "127.0.0.1", 0, ssl=context) as server:
+            port = server.sockets[0].getsockname()[1]
+            data = upgrade_request(f"wss://localhost:{port}/tls", f"localhost:{port}")
+            loop = asyncio.get_running_loop()
+            s, got = await loop.run_in_executor(None, _raw, proxy, data, b"\x81\x02hi")
+            s.close()
+            return got
+
+    got = run(main)
+    assert got.startswith(b"HTTP/1.1 101 ") and got.endswith(b"\r\n\r\n\x81\x02hi")
+    [rec] = proxy.wait_for_records(1)
+    assert (rec.status, rec.result) == (101, "TCP_MISS")
+    assert rec.target.startswith("https://localhost:") and rec.target.endswith("/tls")
