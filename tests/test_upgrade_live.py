@@ -107,18 +107,22 @@ def _raw(proxy: Any, data: bytes, until: bytes, sock_timeout: float = 10) -> tup
     return s, got
 
 
+def upgrade_request(target: str, host: str) -> bytes:
+    """An absolute-form WebSocket handshake for ``target`` and a masked text frame "hi"."""
+    head = (
+        f"GET {target} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+    return head + b"\x81\x82" + b"\x01\x02\x03\x04" + bytes([ord("h") ^ 1, ord("i") ^ 2])
+
+
 def test_raw_absolute_form_upgrade_and_a_frame(proxy: Any) -> None:
     async def main() -> bytes:
         async with echo_server() as port:
-            head = (
-                f"GET http://127.0.0.1:{port}/ HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-                "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-            ).encode()
-            # a masked text frame "hi" right behind the head: held until the 101, then raw
-            frame = b"\x81\x82" + b"\x01\x02\x03\x04" + bytes([ord("h") ^ 1, ord("i") ^ 2])
+            # the frame right behind the head is held until the 101, then passed on raw
+            data = upgrade_request(f"http://127.0.0.1:{port}/", f"127.0.0.1:{port}")
             loop = asyncio.get_running_loop()
-            s, got = await loop.run_in_executor(None, _raw, proxy, head + frame, b"\x81\x02hi")
+            s, got = await loop.run_in_executor(None, _raw, proxy, data, b"\x81\x02hi")
             s.close()
             return got
 
@@ -164,15 +168,6 @@ def test_refused_upgrade_then_a_smuggled_request_is_checked(fwproxy: Any) -> Non
     assert b"\r\n\r\nokHTTP/1.1 403 Forbidden\r\n" in got
     recs = proxy.wait_for_records(2)
     assert [(r.status, r.result) for r in recs] == [(200, "TCP_MISS"), (403, "TCP_DENIED")]
-
-
-def upgrade_request(target: str, host: str) -> bytes:
-    """An absolute-form WebSocket handshake for ``target`` and a masked text frame "hi"."""
-    head = (
-        f"GET {target} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    ).encode()
-    return head + b"\x81\x82" + b"\x01\x02\x03\x04" + bytes([ord("h") ^ 1, ord("i") ^ 2])
 
 
 def test_wss_target_is_relayed_over_verified_tls(fwproxy: Any, tmp_path: Any) -> None:
