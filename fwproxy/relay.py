@@ -83,6 +83,14 @@ def _parse_target(head: RequestHead) -> tuple[str, str, int, bytes, bytes]:
     return parse_absolute(head.target)
 
 
+def _request_fields(txn: RelayTransaction) -> list[tuple[bytes, bytes]]:
+    """The end-to-end fields of ``txn``'s request head; an upgrade's are fwproxy.upgrade's."""
+    head = txn.head
+    if head.upgrade:
+        return upgrade.request_fields(txn)
+    return http1.end_to_end(head.headers)
+
+
 @mypyc_attr(allow_interpreted_subclasses=True)
 class RelayTransaction(RoutedTransaction):
     """One relayed request/response."""
@@ -112,7 +120,7 @@ class RelayTransaction(RoutedTransaction):
             host,
             port,
             path,
-            Headers._adopt(_with_host(upgrade.request_fields(self), host_header)),
+            Headers._adopt(_with_host(_request_fields(self), host_header)),
             head.version,
             self.conn.client,
             scheme,
