@@ -118,7 +118,9 @@ def test_nothing_is_listed_by_default() -> None:
 
 
 def test_offer_and_listed() -> None:
-    head = RequestHead(b"GET", b"/", "1.1", [(b"upgrade", b"foo/1, WebSocket, bar/2")], True, 0, 0)
+    head = RequestHead(
+        b"GET", b"/", "1.1", [(b"upgrade", b"foo/1, WebSocket, bar/2")], True, False, None
+    )
     assert offer(head, frozenset({"websocket", "bar/2"})) is None  # the reader held nothing
     head.upgrade = True
     assert offer(head, frozenset({"websocket", "bar/2"})) == b"WebSocket, bar/2"
