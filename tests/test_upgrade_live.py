@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -48,7 +49,9 @@ def proxy(fwproxy: Any) -> Any:
     return fwproxy(CONFIG)
 
 
-def test_aiohttp_ws_through_the_relay_echoes_both_ways(proxy: Any) -> None:
+def test_aiohttp_ws_through_the_relay_echoes_both_ways(fwproxy: Any, tmp_path: Any) -> None:
+    log = tmp_path / "access.log"
+    proxy = fwproxy(CONFIG + f"\n[log]\naccess = {str(log)!r}\n")
     big = bytes(range(256)) * 16384  # 4 MiB: more than every buffer on the way (flow control)
 
     async def main() -> list[Any]:
@@ -73,6 +76,12 @@ def test_aiohttp_ws_through_the_relay_echoes_both_ways(proxy: Any) -> None:
     assert rec.bytes_in > len(big) and rec.bytes_out > len(big)
     line = squid(rec)
     assert " TCP_MISS/101 " in line and f" GET {rec.target} " in line
+    for _ in range(50):  # the access log, as the accesslog filter wrote it
+        if log.exists() and log.read_text():
+            break
+        time.sleep(0.1)
+    [written] = log.read_text().splitlines()
+    assert written == line
 
 
 def test_many_messages_both_ways_concurrently(proxy: Any) -> None:
