@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import pytest
 from support.certs import CA
 
+from fwproxy import cacert
 from fwproxy.logformat import squid
 from fwproxy.testing import LOOPBACK_CONFIG
 
@@ -203,3 +204,43 @@ def test_wss_target_is_relayed_over_verified_tls(fwproxy: Any, tmp_path: Any) ->
     [rec] = proxy.wait_for_records(1)
     assert (rec.status, rec.result) == (101, "TCP_MISS")
     assert rec.target.startswith("https://localhost:") and rec.target.endswith("/tls")
+
+
+def test_wss_through_an_intercepted_connect(fwproxy: Any, tmp_path: Any) -> None:
+    # aiohttp tunnels wss:// with CONNECT; bumped, the WebSocket handshake inside the tunnel
+    # goes through the relay like any request there, and is spliced after the origin's 101
+    origin_ca = CA("fwproxy upgrade origin CA")
+    cert, key = origin_ca.issue("localhost").write(tmp_path, "origin")
+    cacert.init(str(tmp_path / "bump"))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    client_ctx = ssl.create_default_context(cafile=str(tmp_path / "bump" / "ca.pem"))
+
+    async def main() -> tuple[list[str], Any]:
+        async with serve(_echo, "127.0.0.1", 0, ssl=context) as server:
+            port = server.sockets[0].getsockname()[1]
+            proxy = fwproxy(
+                CONFIG
+                + f"\n[tls]\nca_file = {str(origin_ca.write(tmp_path))!r}\n"
+                + f"\n[tunnel]\npeek_ports = [{port}]\n"
+                + f'\n[intercept]\nca = {str(tmp_path / "bump")!r}\nrules = ["bump all"]\n'
+            )
+            async with aiohttp.ClientSession() as session:
+                url = f"wss://localhost:{port}/inside"
+                async with session.ws_connect(url, proxy=proxy.url, ssl=client_ctx) as ws:
+                    got = []
+                    for text in ("one", "two" * 50000):
+                        await ws.send_str(text)
+                        got.append(str((await ws.receive()).data))
+                    await ws.close()
+            return got, proxy
+
+    got, proxy = run(main)
+    assert got == ["one", "two" * 50000]
+    records = proxy.wait_for_records(2)
+    inside = [r for r in records if r.method == "GET"]
+    assert [(r.status, r.result) for r in inside] == [(101, "TCP_MISS")]
+    assert inside[0].target.startswith("https://localhost:") and inside[0].target.endswith(
+        "/inside"
+    )
+    assert [r.result for r in records if r.method == "CONNECT"] == ["TCP_TUNNEL"]
