@@ -19,6 +19,7 @@ from setuptools import setup
 #: Classes others subclass are marked ``mypyc_attr(allow_interpreted_subclasses=True)``.
 COMPILED = [
     "fwproxy/http1.py",
+    "fwproxy/hopbyhop.py",
     "fwproxy/timer.py",
     "fwproxy/logformat.py",
     "fwproxy/target.py",

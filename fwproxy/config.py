@@ -24,6 +24,7 @@ from fwproxy.intercept_config import InterceptConfig
 from fwproxy.intercept_config import check as check_intercept
 from fwproxy.intercept_config import warnings as intercept_warnings
 from fwproxy.parents import Parent
+from fwproxy.relayconfig import RelayConfig, relay
 from fwproxy.routing import RoutingRule
 from fwproxy.rules import AccessPolicy
 from fwproxy.tls import check_listener, is_ssl
@@ -48,7 +49,9 @@ class Timeouts:
     byte of the response; ``read``: no byte either way in the middle of a relayed transaction;
     ``tunnel_idle``: no byte either way in a CONNECT tunnel; ``drain``: on SIGTERM, how long
     transactions in flight may take to finish before they are cut; ``client_hello``: from a
-    peeked tunnel's ``200`` to the end of the client's TLS ClientHello."""
+    peeked tunnel's ``200`` to the end of the client's TLS ClientHello; ``upgrade_idle``: no
+    byte either way on an upgraded connection (a WebSocket through the relay; unset: as
+    ``tunnel_idle``)."""
 
     connect: float = 10.0
     request_header: float = 30.0
@@ -58,6 +61,7 @@ class Timeouts:
     tunnel_idle: float = 900.0
     drain: float = 25.0
     client_hello: float = 10.0
+    upgrade_idle: float = 900.0
 
 
 @dataclass(frozen=True)
@@ -167,6 +171,7 @@ class Config:
     limits: Limits = Limits()
     pool: PoolConfig = PoolConfig()
     tunnel: TunnelConfig = TunnelConfig()
+    relay: RelayConfig = RelayConfig()
     acls: Mapping[str, Acl] = field(default_factory=predefined)
     access: AccessPolicy = field(default_factory=lambda: AccessPolicy([]))
     headers: Mapping[str, Any] = field(default_factory=lambda: {"forwarded_for": "delete"})
@@ -213,6 +218,7 @@ _SECTIONS = (
     "limits",
     "pool",
     "tunnel",
+    "relay",
     "auth",
     "tls",
     "acl",
@@ -264,6 +270,11 @@ def parse(data: Mapping[str, Any], source: str = DEFAULT_NAME, text: str = "") -
         kwargs["watch_config"] = watch
     for key, cls in (("timeouts", Timeouts), ("limits", Limits), ("pool", PoolConfig)):
         kwargs[key] = cls(**check.numbers(p, key, check.table(p, data, key), cls))
+    if "upgrade_idle" not in check.table(p, data, "timeouts"):
+        kwargs["timeouts"] = replace(
+            kwargs["timeouts"], upgrade_idle=kwargs["timeouts"].tunnel_idle
+        )
+    kwargs["relay"] = RelayConfig(**relay(p, check.table(p, data, "relay")))
     kwargs["tunnel"] = TunnelConfig(**check.tunnel(p, check.table(p, data, "tunnel")))
     acls = check.acls(p, check.table(p, data, "acl"))
     kwargs["acls"] = acls

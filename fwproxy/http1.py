@@ -13,7 +13,10 @@ Events are tuples ``(kind, payload)``:
 - ``(INTERIM, ResponseHead)`` for a 1xx response other than 101
 - ``(BODY, bytes)`` decoded body data
 - ``(END, None)`` the message is complete
-- ``(REST, bytes)`` bytes after a CONNECT head: they belong to the tunnel
+- ``(REST, bytes)`` bytes after a CONNECT head: they belong to the tunnel; or bytes after the
+  head of a bodiless Upgrade request, which the reader holds back (:attr:`RequestReader.held`)
+  until the answer says whether they are another protocol's (after a ``101``) or the next
+  requests (:meth:`RequestReader.resume`)
 - ``(ERROR, ProtocolError)`` the stream is unusable from here on
 """
 
@@ -25,24 +28,15 @@ from typing import Any
 import httptools
 from mypy_extensions import mypyc_attr
 
+# the hop-by-hop field policy, long part of this module: its names are still found here
+from fwproxy.hopbyhop import HOP_BY_HOP as HOP_BY_HOP
+from fwproxy.hopbyhop import connection_tokens as connection_tokens
+from fwproxy.hopbyhop import end_to_end as end_to_end
+from fwproxy.hopbyhop import proxy_credentials as proxy_credentials
+
 HEAD, INTERIM, BODY, END, REST, ERROR = range(6)
 
 Event = tuple[int, object]
-
-#: Hop-by-hop fields (RFC 9110 §7.6.1) plus proxy credentials, which are for this proxy only.
-HOP_BY_HOP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"proxy-authorization",
-        b"proxy-authenticate",
-    }
-)
 
 NO_BODY_STATUS = frozenset({204, 304})
 
@@ -69,6 +63,7 @@ class RequestHead:
         "chunked",
         "content_length",
         "size",
+        "upgrade",
     )
 
     def __init__(
@@ -90,6 +85,8 @@ class RequestHead:
         self.chunked = chunked
         self.content_length = content_length
         self.size = size
+        #: a bodiless request offering an upgrade, whose reader holds back what follows it
+        self.upgrade = False
 
     @property
     def has_body(self) -> bool:
@@ -167,6 +164,8 @@ class RequestReader:
         self._priming = False
         #: True between the first byte of a request and the end of its head
         self.head_started = False
+        #: stopped behind a bodiless Upgrade request: what follows is not parsed (until resume)
+        self.held = False
 
     # -- httptools callbacks: trivial on purpose (an exception here loses its offset) ------
     def on_message_begin(self) -> None:
@@ -252,6 +251,15 @@ class RequestReader:
         self._dead = True
         self._events.append((ERROR, error))
 
+    def resume(self, data: bytes) -> list[Event]:
+        """The request the reader :attr:`held` after was answered without an upgrade: parse
+        ``data``, what the client sent behind it, and what follows as HTTP again."""
+        if not self.held:
+            return []
+        self.held = self._dead = False
+        self._parser = httptools.HttpRequestParser(self)
+        return self.feed(data)
+
     def feed(self, data: bytes) -> list[Event]:
         """Parse ``data``; return the events it completes (possibly none)."""
         if self._dead:
@@ -267,10 +275,17 @@ class RequestReader:
                 self._dead = True
                 events.append((REST, data[offset:]))
                 return events
-            # An Upgrade request (we never upgrade; the header is hop-by-hop): carry on with a
-            # fresh parser, the message itself is complete.
-            self._parser = httptools.HttpRequestParser(self)
             last: Any = heads[-1] if heads else None
+            if last is not None and not last.has_body:
+                # An Upgrade request: what follows is the new protocol's only if the origin
+                # answers 101 (fwproxy.upgrade); hold it back until the answer says
+                last.upgrade = True
+                self._dead = self.held = True
+                events.append((REST, data[offset:]))
+                return events
+            # An Upgrade request with a body (never upgraded: the header is hop-by-hop): carry
+            # on with a fresh parser, the message itself is complete.
+            self._parser = httptools.HttpRequestParser(self)
             if last is not None and last.has_body and events and events[-1][0] == END:
                 # httptools makes llhttp skip the body of an Upgrade request: that END is
                 # early, and the body must not be read as the next request. Prime the fresh
@@ -335,6 +350,10 @@ class ResponseReader:
         self._dead = False
         self._progress = False  # as in RequestReader: bound what httptools buffers in a head
         self._stalled = 0
+        #: a ``101`` (with Upgrade and Connection: upgrade) was the final response: every byte
+        #: after it is the new protocol's (REST events); whether one was asked for is the
+        #: handler's to check (fwproxy.response, fwproxy.upgrade)
+        self.switched = False
 
     # -- httptools callbacks -----------------------------------------------------------------
     def on_message_begin(self) -> None:
@@ -376,7 +395,13 @@ class ResponseReader:
             return
         if 100 <= status < 200:
             if status == 101:
-                self._fail(ProtocolError(502, "upstream switched protocols unasked"))
+                if not p.should_upgrade():
+                    self._fail(ProtocolError(502, "upstream's 101 lacks Upgrade or Connection"))
+                    return
+                self.switched = True
+                self.body_kind = "none"
+                head = ResponseHead(status, reason, version, headers, False, "none", None)
+                self._events.append((HEAD, head))
                 return
             self._events.append(
                 (INTERIM, ResponseHead(status, reason, version, headers, True, "none", None))
@@ -426,6 +451,8 @@ class ResponseReader:
         if self._dead:
             return []
         if self.done:
+            if self.switched:
+                return [(REST, data)]
             self.extra = self.extra or bool(data)
             return []
         events = self._events = []
@@ -435,9 +462,9 @@ class ResponseReader:
         self._progress = False
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            if not self._dead:  # on_headers_complete has already reported the 101
-                self._fail(ProtocolError(502, "upstream switched protocols unasked"))
+        except httptools.HttpParserUpgrade as e:
+            if self.switched:
+                events.append((REST, data[e.args[0] :]))
         except httptools.HttpParserError as e:
             if self.done:  # bytes after the response: not this response's error
                 self.extra = True
@@ -486,43 +513,6 @@ class ResponseReader:
 
 
 # -- serialising ------------------------------------------------------------------------------
-
-
-def connection_tokens(fields: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
-    """The lower-cased field names listed in ``Connection`` headers."""
-    tokens: set[bytes] = set()
-    for k, v in fields:
-        if len(k) == 10 and k.lower() == b"connection":
-            tokens.update(t.strip().lower() for t in v.split(b",") if t.strip())
-    return frozenset(tokens)
-
-
-_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b"Keep-Alive"})
-
-
-def end_to_end(fields: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """``fields`` without hop-by-hop ones: the fixed set and every field ``Connection`` names."""
-    out = []
-    named = False
-    for k, v in fields:
-        lk = k.lower()
-        if lk in HOP_BY_HOP:
-            if lk == b"connection" and v.lower() not in _PLAIN_CONNECTION:
-                named = True  # names other fields, not just keep-alive or close
-            continue
-        out.append((k, v))
-    if named:  # rare: a second pass for the fields Connection names
-        tokens = connection_tokens(fields)
-        out = [(k, v) for k, v in out if k.lower() not in tokens]
-    return out
-
-
-def proxy_credentials(fields: Iterable[tuple[bytes, bytes]]) -> bytes | None:
-    """The first ``Proxy-Authorization`` value, or None."""
-    for k, v in fields:
-        if len(k) == 19 and k.lower() == b"proxy-authorization":
-            return v
-    return None
 
 
 def _fields(fields: Iterable[tuple[bytes, bytes]]) -> bytes:

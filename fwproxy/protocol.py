@@ -97,6 +97,8 @@ class ProxyProtocol(ClientConnectionBase):
         self.current = None
         if txn.logged:
             self.proxy.observe(txn.record())
+        if self._rest and keep_alive and self.raw is None:
+            self._back_to_http()
         raw_done = self._rest and not any(k == HEAD for k, _ in self.queue)
         if not keep_alive or raw_done or self.raw is not None or self.proxy.draining:
             self._close()
@@ -110,6 +112,19 @@ class ProxyProtocol(ClientConnectionBase):
             self._idle_mode = True
             self.deadline.restart(timeouts.client_idle, self._idle_timeout)
         self.process()
+
+    def _back_to_http(self) -> None:
+        """The Upgrade request the reader held back behind was answered without a ``101``:
+        what the client sent after it is HTTP (the next requests), never raw bytes."""
+        reader = self.reader
+        if reader is None or not reader.held:
+            return  # a CONNECT's bytes: the connection closes
+        q = self.queue  # in place: process() may be iterating over it
+        held = b"".join([p for k, p in q if k == REST])
+        q[:] = [e for e in q if e[0] != REST]
+        events = reader.resume(held)
+        self._rest = any(k == REST for k, _ in events)
+        q.extend(events)
 
     def dataReceived(self, data: bytes) -> None:
         if self.raw is not None:

@@ -26,7 +26,7 @@ from typing import Any
 from mypy_extensions import mypyc_attr
 from twisted.internet.defer import CancelledError
 
-from fwproxy import http1, writes
+from fwproxy import http1, upgrade, writes
 from fwproxy.bodyrelay import FilteredResponseRelay, RequestBody
 from fwproxy.contracts import ClientConnection, ProxyServices
 from fwproxy.destination import RoutedTransaction
@@ -35,7 +35,7 @@ from fwproxy.message import Headers, Request, Response
 from fwproxy.parents import to_parent
 from fwproxy.record import TCP_MISS, TCP_MISS_ABORTED
 from fwproxy.response import ResponseRelay
-from fwproxy.target import parse_absolute
+from fwproxy.target import http_form, parse_absolute
 from fwproxy.transaction import USAGE
 from fwproxy.upstream import UpstreamProtocol
 
@@ -89,6 +89,23 @@ def _retryable(txn: RelayTransaction, conn: UpstreamProtocol) -> bool:
     )
 
 
+def _parse_target(head: RequestHead) -> tuple[str, str, int, bytes, bytes]:
+    """:func:`fwproxy.target.parse_absolute` of ``head``'s target, which a ``ws://`` or
+    ``wss://`` one is rewritten to ``http://`` or ``https://`` first: relayed, checked by the
+    rules and logged as that."""
+    if head.target[:1] in b"wW":
+        head.target = http_form(head.target)
+    return parse_absolute(head.target)
+
+
+def _request_fields(txn: RelayTransaction) -> list[tuple[bytes, bytes]]:
+    """The end-to-end fields of ``txn``'s request head; an upgrade's are fwproxy.upgrade's."""
+    head = txn.head
+    if head.upgrade:
+        return upgrade.request_fields(txn)
+    return http1.end_to_end(head.headers)
+
+
 @mypyc_attr(allow_interpreted_subclasses=True)
 class RelayTransaction(RoutedTransaction):
     """One relayed request/response."""
@@ -110,7 +127,7 @@ class RelayTransaction(RoutedTransaction):
     def start(self) -> None:
         head = self.head
         try:
-            scheme, host, port, path, host_header = parse_absolute(head.target)
+            scheme, host, port, path, host_header = _parse_target(head)
         except http1.ProtocolError as e:
             self.answer(Response.text(e.status, f"fwproxy: {e.message}. {USAGE}"), close=True)
             return
@@ -120,7 +137,7 @@ class RelayTransaction(RoutedTransaction):
             host,
             port,
             path,
-            Headers._adopt(_with_host(http1.end_to_end(head.headers), host_header)),
+            Headers._adopt(_with_host(_request_fields(self), host_header)),
             head.version,
             self.conn.client,
             scheme,

@@ -145,6 +145,9 @@ class ResponseRelay:
 
     def _got_head(self, rh: ResponseHead) -> None:
         x = self.x
+        if rh.status == 101:  # an upgrade is fwproxy.upgrade's, and only when it offered one
+            x.upstream_failed(ProtocolError(502, "upstream switched protocols unasked"))
+            return
         x.response_started()
         response = Response(rh.status, "", Headers._adopt(http1.end_to_end(rh.headers)))
         response.reason = rh.reason.decode("latin-1")

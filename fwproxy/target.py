@@ -4,6 +4,8 @@ CONNECT, each turned into the destination the proxy connects to (or a 400 explai
 
 A relayed request is ``http://`` or ``https://`` (the proxy originates the TLS of an
 ``https://`` one, verified: :mod:`fwproxy.origination`); the default ports are 80 and 443.
+``ws://`` and ``wss://`` (WebSocket URIs, which some clients send a proxy: aiohttp) name the
+same resources as ``http://`` and ``https://`` (RFC 6455 §3) and are relayed as them.
 """
 
 from __future__ import annotations
@@ -16,6 +18,17 @@ from fwproxy.http1 import ProtocolError
 
 #: the schemes a relayed request may have: their names and default ports
 SCHEMES = {b"http": ("http", 80), b"https": ("https", 443)}
+
+
+def http_form(target: bytes) -> bytes:
+    """``target`` with a ``ws://`` or ``wss://`` scheme spelt ``http://`` or ``https://``
+    (the URI the proxy relays, checks and logs); any other target as it is."""
+    scheme = target[:6].lower()
+    if scheme.startswith(b"ws://"):
+        return b"http" + target[2:]
+    if scheme == b"wss://":
+        return b"https" + target[3:]
+    return target
 
 
 def parse_absolute(target: bytes) -> tuple[str, str, int, bytes, bytes]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.python.failure import Failure
@@ -104,6 +104,25 @@ class ParentTunnelUpstream(TunnelUpstream):
         self.transport.loseConnection()
 
 
+class SpliceOwner(Protocol):
+    """What a tunnel uses of the transaction it belongs to (a CONNECT's, an upgrade's)."""
+
+    bytes_in: int
+    bytes_out: int
+
+    @property
+    def clock(self) -> Any: ...
+
+    def tunnel_closed(self) -> None: ...
+
+
+class SpliceEnd(Protocol):
+    """The upstream end of a tunnel: it hands its bytes to :attr:`tunnel` while set."""
+
+    tunnel: Tunnel | None
+    transport: Any
+
+
 class Tunnel:
     """Splices the client's stream and the upstream's, with flow control and half-close; the
     client connection's :class:`fwproxy.contracts.RawHandler` once the CONNECT succeeded."""
@@ -113,7 +132,7 @@ class Tunnel:
                  "closed", "pacing", "idle")  # fmt: skip
 
     def __init__(
-        self, txn: ConnectTransaction, client: Stream, upstream: TunnelUpstream, idle: Deadline
+        self, txn: SpliceOwner, client: Stream, upstream: SpliceEnd, idle: Deadline
     ) -> None:
         self.txn = txn
         self.upstream = upstream

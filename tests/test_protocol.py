@@ -431,7 +431,9 @@ def test_malformed_requests_get_400_and_close(h: Harness, raw: bytes) -> None:
     assert h.attempts == []
 
 
-@pytest.mark.parametrize("url", [b"ftp://example.com/", b"wss://example.com/", b"http:///x"])
+@pytest.mark.parametrize(
+    "url", [b"ftp://example.com/", b"wsx://example.com/", b"ws:///x", b"http:///x"]
+)
 def test_unrelayable_absolute_targets_get_400(h: Harness, url: bytes) -> None:
     c = h.connect()
     c.send(get(url))
