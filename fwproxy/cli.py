@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_cli -*-
 """The ``fwproxy`` command: ``fwproxy check-config FILE``, ``fwproxy run [OPTIONS]``,
-``fwproxy --version``.
+``fwproxy ca init DIR``, ``fwproxy --version``.
 
 ``fwproxy run`` takes exactly the options of ``twistd fwproxy`` (``--config``, ``--listen``,
 ``--workers``) and runs twistd in this process, in the foreground, without a pid file: logs on
@@ -21,7 +21,7 @@ from twisted.application.service import ServiceMaker
 from twisted.python import usage
 from twisted.scripts.twistd import ServerOptions, runApp
 
-from fwproxy import __version__
+from fwproxy import __version__, cacert
 from fwproxy import protocol as _request_path  # noqa: F401  (for compiled_modules)
 from fwproxy.config import ConfigError, load
 
@@ -83,6 +83,18 @@ def check_config(path: str | None, strict: bool = False) -> int:
     return 0
 
 
+def ca_init(directory: str) -> int:
+    """``fwproxy ca init DIR``: a new interception CA (:mod:`fwproxy.cacert`)."""
+    try:
+        cert, key = cacert.init(directory)
+    except cacert.CAError as e:
+        print(f"fwproxy ca init: {e}", file=sys.stderr)
+        return 1
+    print(f"{cert}: the CA certificate, to install in the clients' trust stores")
+    print(f"{key}: its private key (0600): keep it secret")
+    return 0
+
+
 def compiled_modules() -> list[str]:
     """The modules of the request path running as compiled code (the optional mypyc build:
     see setup.py); empty for the pure-Python build."""
@@ -120,6 +132,10 @@ def _parser() -> argparse.ArgumentParser:
         help="run the proxy in the foreground, as twistd -n fwproxy does; it takes the same "
         "options: --config FILE, --listen ENDPOINT, --workers N (fwproxy run --help)",
     )
+    ca = sub.add_parser("ca", help="the interception CA: fwproxy ca init DIR")
+    ca_sub = ca.add_subparsers(dest="ca_command", required=True)
+    ca_init = ca_sub.add_parser("init", help="make DIR/ca.pem and DIR/ca.key (never overwritten)")
+    ca_init.add_argument("dir", help="the directory (made 0700 if missing)")
     return parser
 
 
@@ -130,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     ns = _parser().parse_args(args)
     if ns.command == "check-config":
         return check_config(ns.file, ns.strict)
+    if ns.command == "ca":
+        return ca_init(ns.dir)
     return run([])  # pragma: no cover - "run" was dispatched above
 
 

@@ -20,6 +20,8 @@ from typing import Any
 from fwproxy import configcheck as check
 from fwproxy.acl import Acl, predefined
 from fwproxy.configcheck import Problems
+from fwproxy.intercept_config import InterceptConfig
+from fwproxy.intercept_config import check as check_intercept
 from fwproxy.parents import Parent
 from fwproxy.routing import RoutingRule
 from fwproxy.rules import AccessPolicy
@@ -178,6 +180,7 @@ class Config:
     #: ``[proxy] watch_config``: reload when the file changes (a ConfigMap's symlink swap)
     watch_config: bool = False
     admin: AdminConfig = AdminConfig()
+    intercept: InterceptConfig | None = None
     source: str = DEFAULT_NAME
     warnings: tuple[str, ...] = ()
 
@@ -219,6 +222,7 @@ _SECTIONS = (
     "parents",
     "routing",
     "admin",
+    "intercept",
 )
 
 
@@ -293,6 +297,8 @@ def parse(data: Mapping[str, Any], source: str = DEFAULT_NAME, text: str = "") -
     if "admin" in data:
         admin = _admin(p, check.table(p, data, "admin"), here)
         kwargs["admin"] = AdminConfig(**admin)
+    if "intercept" in data:
+        kwargs["intercept"] = check_intercept(p, check.table(p, data, "intercept"), acls, here)
     config = Config(**kwargs)
     _check_filters(p, config, [i for i, _, _ in entries])
     if p:

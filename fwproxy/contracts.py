@@ -154,6 +154,12 @@ class ClientConnection(Protocol):
         """``txn`` has ended; keep the connection for the next request if ``keep_alive``."""
         ...
 
+    def intercepted(self, kinds: Callable[[RequestHead], TransactionKind]) -> Any:
+        """A new client connection (a Twisted protocol, not connected yet) for the HTTP inside
+        this connection's decrypted TLS (:mod:`fwproxy.bump`), its request heads dispatched by
+        ``kinds``."""
+        ...
+
     def switch_to_raw(self, handler: RawHandler) -> None:
         """Leave HTTP: from now on every byte from the client (including bytes already received
         behind the request head) goes to ``handler``; the connection's deadline stays."""

@@ -16,6 +16,9 @@ denied has the rule on its line likewise: ``would_deny=RULE`` at the end of the 
 combined lines (escaped, quoted in the combined format), ``"would_deny"`` in ``json`` (``null``
 otherwise).
 
+A tunnel that ``[intercept]`` bumped ends its squid and combined lines with ``tls=bumped``
+(``tls=rejected`` when the client refused fwproxy's certificate).
+
 Every field that a client controls is escaped: control characters, spaces inside the squid
 format's space-separated fields, and quotes inside the combined format's quoted fields are
 written as ``\\xHH`` (or ``\\"``), so a client cannot forge or split log lines.
@@ -30,6 +33,9 @@ from collections.abc import Callable
 
 from fwproxy.record import TransactionRecord
 from fwproxy.rules import WOULD_DENY
+
+#: ``Request.notes`` key: what ``[intercept]`` did with a tunnel's TLS (``fwproxy.bump``)
+TLS_NOTE = "fwproxy.tls"
 
 # U+2028/U+2029 too: str.splitlines() (and JavaScript) end lines there
 _CONTROL = re.compile(r"[\x00-\x20\x7f-\x9f\u2028\u2029\"\\]")
@@ -85,6 +91,8 @@ def squid(r: TransactionRecord) -> str:
         line += f" sni={field(r.sni)}"
     if r.notes and WOULD_DENY in r.notes:
         line += f" would_deny={field(str(r.notes[WOULD_DENY]))}"
+    if r.notes and TLS_NOTE in r.notes:
+        line += f" tls={field(str(r.notes[TLS_NOTE]))}"
     return line
 
 
@@ -108,6 +116,8 @@ def combined(r: TransactionRecord) -> str:
         line += f' "sni={quoted(r.sni) or "-"}"'
     if r.notes and WOULD_DENY in r.notes:
         line += f' "would_deny={quoted(str(r.notes[WOULD_DENY]))}"'
+    if r.notes and TLS_NOTE in r.notes:
+        line += f' "tls={quoted(str(r.notes[TLS_NOTE]))}"'
     return line
 
 

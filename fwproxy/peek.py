@@ -24,6 +24,7 @@ from twisted.python.failure import Failure
 
 from fwproxy import chain
 from fwproxy.acl import SNI_NOTE, SNI_POSTPONED, client_ip
+from fwproxy.bump import bump, decide
 from fwproxy.clienthello import ClientHello, ClientHelloParser, HelloError, NotTLS
 from fwproxy.config import TunnelConfig
 from fwproxy.contracts import RawHandler
@@ -46,6 +47,7 @@ ECH_NOTE = "fwproxy.ech"
 PEEKING = "peeking"  # reading the ClientHello
 DECIDING = "deciding"  # the ClientHello is in; the destination checks have not answered
 OPEN = "open"  # allowed: bytes go to the tunnel
+BUMPED = "bumped"  # allowed and bumped ([intercept]): fwproxy.bump.Bump takes the bytes
 CLOSED = "closed"  # refused, or the tunnel ended
 
 
@@ -164,6 +166,13 @@ class HelloPeek:
         if self._eof and not self.tunnel.closed:
             self.tunnel.client_eof()
 
+    def take(self) -> bytes:
+        """Bumped: the held bytes (the ClientHello), for the TLS that answers them."""
+        self.state = BUMPED
+        held, self._held = self._held, None
+        self._parser = None
+        return b"".join(held or ())
+
     def close(self, alert: bool) -> None:
         """Refused: send the TLS alert if ``alert``, close the tunnel."""
         if self.state is CLOSED:
@@ -251,6 +260,15 @@ class PeekingConnectTransaction(ConnectTransaction):
     def _allowed(self) -> None:
         peek = self.peek
         if peek is None or self.tunnel is None or self.tunnel.closed:
+            return
+        intercept = self.proxy.config.intercept
+        sni = self.sni or ""
+        if (
+            intercept is not None
+            and not self.req.notes.get(ECH_NOTE)  # the real server name is hidden: splice
+            and decide(intercept, self.req, sni, self.clock.seconds()) is not None
+        ):
+            bump(self, self.tunnel, intercept, sni, peek.take())
             return
         self.deadline.restart(self.proxy.config.timeouts.tunnel_idle, self._idle)
         peek.open()

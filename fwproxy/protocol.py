@@ -17,6 +17,7 @@ is left.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from mypy_extensions import mypyc_attr
@@ -31,6 +32,7 @@ from fwproxy.contracts import (
     ClientTransaction,
     ProxyServices,
     RawHandler,
+    TransactionKind,
 )
 from fwproxy.dispatch import transaction_kind
 from fwproxy.http1 import END, ERROR, HEAD, REST, ProtocolError, RequestHead, RequestReader
@@ -57,6 +59,18 @@ class ProxyProtocol(ClientConnectionBase):
         self._rest = False  # the reader has handed over the rest of the stream (REST events)
         self._processing = False
         self._idle_mode = True
+        #: which transaction handles a request head (another for an intercepted tunnel's)
+        self.kinds: Callable[[RequestHead], TransactionKind] = transaction_kind
+
+    def intercepted(self, kinds: Callable[[RequestHead], TransactionKind]) -> ProxyProtocol:
+        """A connection for the HTTP inside this one's decrypted TLS (a bumped tunnel), its
+        requests dispatched by ``kinds``; connected by the TLS layer's ``makeConnection``. It is
+        not counted again, nor are the connection filters run again."""
+        inner = ProxyProtocol(self.proxy, Admission(self.proxy.reactor))
+        inner._identified = True
+        inner.client_cert = self.client_cert
+        inner.kinds = kinds
+        return inner
 
     def switch_to_raw(self, handler: RawHandler) -> None:
         self.raw = handler
@@ -159,7 +173,7 @@ class ProxyProtocol(ClientConnectionBase):
         # phases; until it does (a filter's Deferred may be pending), the request must be
         # decided within what is left of it
         self._idle_mode = False
-        txn = transaction_kind(head)(self, self.proxy, head)
+        txn = self.kinds(head)(self, self.proxy, head)
         self.current = txn
         try:
             txn.start()

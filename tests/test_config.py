@@ -561,7 +561,7 @@ def test_without_the_text_problems_have_no_line_and_keep_their_order():
         parse({"timeouts": {"connect": -1}, "bogus": 1}, "x.toml")
     assert e.value.problems == [
         "x.toml: bogus: unknown key (known: proxy, timeouts, limits, pool, tunnel, auth, tls, acl, "
-        "access, headers, log, filters, parents, routing, admin)",
+        "access, headers, log, filters, parents, routing, admin, intercept)",
         "x.toml: timeouts.connect: must be greater than 0, got -1",
     ]
 

@@ -1,0 +1,122 @@
+# -*- test-case-name: tests.test_bump -*-
+"""Requests inside an intercepted (bumped) tunnel: the relay, bound to the CONNECT authority.
+
+The decrypted stream is served by a :class:`fwproxy.protocol.ProxyProtocol` like any client
+connection, but its requests are dispatched by an :class:`Interception` to
+:class:`InterceptedTransaction`: an origin-form ``GET /path`` becomes
+``GET https://AUTHORITY/path`` and runs through exactly the relay (access rules per request,
+where ``url_regex`` sees the ``https://`` URL; every filter hook; the access log; keep-alive;
+flow control; verified TLS origination to the origin, whose failure is fwproxy's ``502`` page,
+sent inside the intercepted TLS). The destination is the CONNECT's host and port: a request
+whose ``Host`` (or absolute-form target) names another host than the CONNECT host or the
+ClientHello's server name gets ``421 Misdirected Request`` (no fronting inside the tunnel);
+a CONNECT inside the tunnel gets ``405``. The CONNECT's ``Proxy-Authorization`` stands for
+the requests inside, as Squid's bumped requests inherit the CONNECT's authentication.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+from fwproxy import http1
+from fwproxy.contracts import ClientConnection, ProxyServices, TransactionKind
+from fwproxy.http1 import ProtocolError, RequestHead
+from fwproxy.message import Response
+from fwproxy.relay import RelayTransaction
+from fwproxy.target import parse_absolute
+
+
+def _split_host(value: bytes) -> tuple[str, int | None]:
+    """``host``, ``host:port`` or ``[v6]:port`` of a Host field: the lower-case name (no
+    brackets, no trailing dot) and the port, None when absent or not a number."""
+    text = value.decode("latin-1").strip().lower()
+    port: int | None = None
+    if text.startswith("["):
+        end = text.find("]")
+        name, rest = text[1:end], text[end + 1 :]
+        if rest.startswith(":") and rest[1:].isdigit():
+            port = int(rest[1:])
+    else:
+        name, sep, rest = text.rpartition(":")
+        if sep and rest.isdigit():
+            port = int(rest)
+        else:
+            name = text
+    return name.rstrip("."), port
+
+
+class Interception:
+    """One bumped tunnel's binding: the CONNECT's ``host`` and ``port``, the ClientHello's
+    server name ``sni`` ("" for none) and the CONNECT's ``credentials``; called with a request
+    head, it names the transaction kind (:data:`fwproxy.contracts.TransactionKind`)."""
+
+    def __init__(self, host: str, port: int, sni: str, credentials: bytes | None) -> None:
+        self.host = host.strip("[]").rstrip(".").lower()
+        self.port = port
+        self.sni = sni
+        self.credentials = credentials
+        shown = f"[{self.host}]" if ":" in self.host else self.host
+        self.prefix = f"https://{shown}".encode("ascii") + (b":%d" % port if port != 443 else b"")
+        self._kind: TransactionKind = partial(InterceptedTransaction, interception=self)
+
+    def __call__(self, head: RequestHead) -> TransactionKind:
+        return self._kind
+
+    def names(self, host: str, port: int | None) -> bool:
+        """Whether ``host`` (with ``port``, None: the https default) is this tunnel's
+        destination: the CONNECT host or the server name, on the CONNECT port."""
+        return host in (self.host, self.sni) and (port or 443) == self.port
+
+
+class InterceptedTransaction(RelayTransaction):
+    """A request inside a bumped tunnel (see the module docstring)."""
+
+    def __init__(
+        self,
+        conn: ClientConnection,
+        proxy: ProxyServices,
+        head: RequestHead,
+        interception: Interception,
+    ) -> None:
+        super().__init__(conn, proxy, head)
+        self.interception = interception
+
+    def start(self) -> None:
+        head = self.head
+        it = self.interception
+        if head.method == b"CONNECT":
+            answer = Response.text(405, "fwproxy: no CONNECT inside an intercepted tunnel")
+            self.answer(answer, close=True)
+            return
+        target = head.target
+        if target[:1] == b"/":
+            path = target
+        else:
+            try:
+                _, host, port, path, _ = parse_absolute(target)
+            except ProtocolError as e:
+                self.answer(Response.text(e.status, f"fwproxy: {e.message}"), close=True)
+                return
+            if not it.names(host.strip("[]").rstrip("."), port):
+                self._misdirected(host)
+                return
+        for k, v in head.headers:
+            if len(k) == 4 and k.lower() == b"host":
+                name, named_port = _split_host(v)
+                if not it.names(name, named_port):
+                    self._misdirected(v.decode("latin-1"))
+                    return
+        if it.credentials is not None and http1.proxy_credentials(head.headers) is None:
+            head.headers.append((b"Proxy-Authorization", it.credentials))
+        head.target = it.prefix + path
+        super().start()
+
+    def _misdirected(self, named: str) -> None:
+        it = self.interception
+        message = (
+            f"fwproxy: this tunnel goes to {it.host}:{it.port}, not to {named}: "
+            "open another CONNECT for it"
+        )
+        answer = Response.text(421, message)
+        answer.reason = "Misdirected Request"  # RFC 9110 §15.5.20
+        self.answer(answer, close=False)

@@ -1,0 +1,282 @@
+"""Bumped tunnels without sockets: the binding of the requests inside to the CONNECT authority
+(:mod:`fwproxy.intercepted`) and the bump itself over in-memory transports
+(:mod:`fwproxy.bump`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from OpenSSL import SSL
+from twisted.logger import LogEvent, formatEvent, globalLogPublisher
+from zope.interface import implementer
+
+from fwproxy import cacert
+from fwproxy.intercepted import Interception, _split_host
+from fwproxy.interfaces import IRequestFilter
+from fwproxy.message import Request, Response
+from fwproxy.record import TCP_TUNNEL
+from fwproxy.testing import Client, Harness
+from fwproxy.tunnel import ESTABLISHED
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        (b"example.test", ("example.test", None)),
+        (b"Example.TEST.:8443", ("example.test", 8443)),
+        (b"[::1]:443", ("::1", 443)),
+        (b"[::1]", ("::1", None)),
+        (b"example.test:x", ("example.test:x", None)),
+    ],
+)
+def test_split_host(value: bytes, expected: tuple[str, int | None]) -> None:
+    assert _split_host(value) == expected
+
+
+def test_the_tunnel_names_its_connect_host_and_server_name_on_its_port() -> None:
+    it = Interception("Connect.Test", 443, "sni.test", None)
+    assert it.prefix == b"https://connect.test"
+    assert it.names("connect.test", None) and it.names("connect.test", 443)
+    assert it.names("sni.test", None)
+    assert not it.names("other.test", None)
+    assert not it.names("connect.test", 8443)
+    assert Interception("::1", 8443, "", None).prefix == b"https://[::1]:8443"
+
+
+# -- a bump in memory: the harness's proxy, a pyOpenSSL client over memory BIOs ----------------
+
+
+@pytest.fixture(scope="module")
+def ca_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("bump") / "ca"
+    cacert.init(str(directory))
+    return directory
+
+
+def bump_config(ca_dir: Path, rules: str = '"bump all"') -> str:
+    return f"""
+[acl.localhost]
+src = ["127.0.0.0/8"]
+[access]
+rules = ["allow localhost", "deny all"]
+[timeouts]
+client_hello = 3
+[tunnel]
+peek_ports = [443]
+[intercept]
+ca = "{ca_dir}"
+rules = [{rules}]
+"""
+
+
+class MemoryTLSClient:
+    """A TLS client over memory BIOs, its bytes carried by hand to and from the harness."""
+
+    def __init__(
+        self,
+        client: Client,
+        harness: Harness,
+        ca_file: Path | None,
+        sni: bytes,
+        alpn: tuple[bytes, ...] = (b"h2", b"http/1.1"),
+    ):
+        ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
+        ctx.set_alpn_protos(list(alpn))
+        if ca_file is not None:
+            ctx.load_verify_locations(str(ca_file))
+        ctx.set_verify(SSL.VERIFY_PEER, lambda *args: bool(args[-1]))
+        self.conn = SSL.Connection(ctx, None)
+        self.conn.set_tlsext_host_name(sni)
+        self.conn.set_connect_state()
+        self.client = client
+        self.harness = harness
+        self.failed = False
+        self.received = 0  # bytes carried from the proxy
+
+    def pump(self) -> None:
+        """Carry bytes both ways until neither side has any to send."""
+        for _ in range(20):
+            moved = False
+            try:
+                self.conn.do_handshake()
+            except SSL.WantReadError:
+                pass
+            except SSL.Error:
+                self.failed = True  # its alert is in the BIO: carried to the proxy below
+            try:
+                out = self.conn.bio_read(65536)
+            except SSL.WantReadError:
+                out = b""
+            if out:
+                self.client.send(out)
+                moved = True
+            self.harness.clock.advance(0)  # the TLS layer flushes its writes on the clock
+            back = self.client.take()
+            if back:
+                self.received += len(back)
+                self.conn.bio_write(back)
+                moved = True
+            if not moved:
+                return
+
+    def request(self, data: bytes) -> bytes:
+        self.conn.sendall(data)
+        self.pump()
+        try:
+            return self.conn.recv(65536)
+        except SSL.WantReadError:
+            return b""
+
+
+@pytest.fixture
+def infos() -> Iterator[list[str]]:
+    seen: list[str] = []
+
+    def observe(event: LogEvent) -> None:
+        seen.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    yield seen
+    globalLogPublisher.removeObserver(observe)
+
+
+def bumped(h: Harness, ca: Path | None, sni: bytes = b"example.com") -> tuple[Client, Any, Any]:
+    c = h.connect()
+    c.send(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n")
+    up = h.accept()
+    assert c.take() == ESTABLISHED
+    tls = MemoryTLSClient(c, h, ca, sni)
+    tls.pump()
+    return c, up, tls
+
+
+def test_the_client_gets_a_certificate_for_its_server_name(
+    make: Callable[..., Harness], ca_dir: Path
+) -> None:
+    h = make(bump_config(ca_dir))
+    c, up, tls = bumped(h, ca_dir / "ca.pem")
+    cert = tls.conn.get_peer_certificate(as_cryptography=True)
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["example.com"]
+    assert tls.conn.get_alpn_proto_negotiated() == b"http/1.1"
+    # the tunnel's own connection to the origin is not used: closed, nothing was sent on it
+    assert up.closed and up.received() == b""
+    assert not c.closed
+
+
+def test_another_host_is_misdirected_and_connect_refused(
+    make: Callable[..., Harness], ca_dir: Path
+) -> None:
+    h = make(bump_config(ca_dir))
+    c, _, tls = bumped(h, ca_dir / "ca.pem")
+    answer = tls.request(b"GET / HTTP/1.1\r\nHost: other.example\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 421 Misdirected Request\r\n"), answer
+    assert b"example.com:443, not to other.example" in answer
+    answer = tls.request(b"GET https://other.example/ HTTP/1.1\r\nHost: example.com\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 421 "), answer
+    answer = tls.request(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 405 "), answer
+    c.lost()
+    records = h.records
+    assert [(r.method, r.status) for r in records] == [
+        ("GET", 421),
+        ("GET", 421),
+        ("CONNECT", 405),
+        ("CONNECT", 200),
+    ]
+    tunnel = records[-1]
+    assert tunnel.result == TCP_TUNNEL and tunnel.notes["fwproxy.tls"] == "bumped"
+    # the tunnel's bytes are the TLS the client exchanged with the proxy
+    assert tunnel.bytes_out == len(ESTABLISHED) + tls.received
+    assert tunnel.bytes_in > 3 * len(b"CONNECT example.com:443 HTTP/1.1\r\n")
+
+
+def test_a_request_inside_goes_to_the_connect_authority_over_tls(
+    make: Callable[..., Harness], ca_dir: Path
+) -> None:
+    h = make(bump_config(ca_dir))
+    _, _, tls = bumped(h, ca_dir / "ca.pem")
+    before = len(h.attempts)
+    tls.request(b"GET /path?q=1 HTTP/1.1\r\nHost: example.com\r\n\r\n")
+    # a new (TLS) connection to the origin, for the relayed request
+    assert len(h.attempts) == before + 1
+    host, port = h.attempts[-1][:2]
+    assert port == 443
+
+
+def test_a_client_rejecting_the_ca_is_logged(
+    make: Callable[..., Harness], ca_dir: Path, infos: list[str]
+) -> None:
+    h = make(bump_config(ca_dir))
+    c, _, tls = bumped(h, None)  # trusts nothing: refuses fwproxy's certificate
+    assert c.closed
+    c.lost()
+    [rec] = h.records
+    assert rec.result == TCP_TUNNEL and rec.notes["fwproxy.tls"] == "rejected"
+    [line] = [i for i in infos if "rejected fwproxy's certificate" in i]
+    assert "127.0.0.1:" in line and "to example.com" in line and "unknown ca" in line
+
+
+def test_splice_rule_keeps_the_tunnel(make: Callable[..., Harness], ca_dir: Path) -> None:
+    h = make(bump_config(ca_dir, '"splice all"'))
+    c, up, tls = bumped(h, ca_dir / "ca.pem")
+    assert not up.closed and up.received().startswith(b"\x16\x03")  # the ClientHello, passed on
+    assert not c.closed and tls.conn.get_peer_certificate() is None  # the origin's to answer
+
+
+@implementer(IRequestFilter)
+class Answer:
+    """Answers every request itself, keeping what it saw."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str, bytes | None]] = []
+
+    def requestReceived(self, request: Request) -> Response:
+        self.seen.append((request.method, request.url, request.credentials))
+        return Response.text(200, "from the filter")
+
+
+def test_filters_see_https_urls_and_the_connects_credentials(
+    make: Callable[..., Harness], ca_dir: Path
+) -> None:
+    answer = Answer()
+    h = make(bump_config(ca_dir), filters=[answer])
+    c = h.connect()
+    c.send(
+        b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n"
+        b"Proxy-Authorization: Basic dTpw\r\n\r\n"
+    )
+    h.accept()
+    assert c.take() == ESTABLISHED
+    tls = MemoryTLSClient(c, h, ca_dir / "ca.pem", b"example.com")
+    tls.pump()
+    first = tls.request(b"GET /a?b=1 HTTP/1.1\r\nHost: example.com\r\n\r\n")
+    second = tls.request(b"POST /c HTTP/1.1\r\nHost: example.com:443\r\nContent-Length: 0\r\n\r\n")
+    assert first.startswith(b"HTTP/1.1 200 ") and second.startswith(b"HTTP/1.1 200 ")
+    assert answer.seen[-2:] == [
+        ("GET", "https://example.com/a?b=1", b"Basic dTpw"),
+        ("POST", "https://example.com/c", b"Basic dTpw"),
+    ]
+
+
+def test_an_h2_only_client_gets_no_alpn_and_a_log_line(
+    make: Callable[..., Harness], ca_dir: Path, infos: list[str]
+) -> None:
+    h = make(bump_config(ca_dir))
+    c = h.connect()
+    c.send(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n")
+    h.accept()
+    assert c.take() == ESTABLISHED
+    tls = MemoryTLSClient(c, h, ca_dir / "ca.pem", b"example.com", alpn=(b"h2",))
+    tls.pump()
+    assert not tls.failed and not c.closed  # no alert: the handshake completed
+    assert tls.conn.get_alpn_proto_negotiated() == b""
+    [line] = [i for i in infos if "offered only h2" in i]
+    assert "to example.com" in line and "splice it by rule" in line
+    # what an h2 client then sends is no HTTP/1.1 request: an error answer, not a hang
+    answer = tls.request(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 4"), answer
