@@ -11,7 +11,8 @@ stream is served by a new client connection whose requests go to the CONNECT aut
 through the relay (:mod:`fwproxy.intercepted`), with TLS to the origin verified as any
 ``https://`` request's. A client that rejects the certificate (it does not trust the CA, or
 pins the origin's) is logged in one line naming the client, the host and the alert it sent,
-and the tunnel's record says ``tls=rejected``; a bumped tunnel's says ``tls=bumped``.
+and the tunnel's record says ``tls=rejected`` (``tls=incomplete`` for a client that left
+during the handshake without an alert); a bumped tunnel's says ``tls=bumped``.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ log = Logger()
 
 BUMPED = "bumped"
 REJECTED = "rejected"
+INCOMPLETE = "incomplete"
 
 
 def decide(intercept: InterceptConfig, req: Request, sni: str, now: float) -> str | None:
@@ -98,8 +100,16 @@ class BumpedTLS(BufferingTLSTransport):
 
     bump: Bump | None = None
 
+    def loseConnection(self) -> None:
+        super().loseConnection()  # the pending writes, then close_notify
+        bump, transport = self.bump, self.transport
+        if bump is not None and bump.eof and transport is not None:
+            # the client has shut down its side: it will not answer the close_notify, which
+            # Twisted's TLS waits for before closing the transport
+            transport.loseConnection()
+
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        conn = self.getHandle() if self._tlsConnection is not None else None
+        conn = self.getHandle()
         bump, self.bump = self.bump, None
         if bump is not None and isinstance(conn, ServerConnection) and not conn.handshake_done:
             bump.rejected(conn)
@@ -128,6 +138,8 @@ class Bump:
         self.tls.bump = self
         self._alpn_checked = False
         self.ended = False
+        #: the client has shut down its side of the connection
+        self.eof = False
 
     def start(self, held: bytes) -> None:
         """Answer the client's TLS, beginning with the ClientHello already received."""
@@ -145,8 +157,7 @@ class Bump:
             self._check_alpn()
 
     def _check_alpn(self) -> None:
-        tls = self.tls
-        conn = tls._tlsConnection
+        conn = self.tls.getHandle()
         if not isinstance(conn, BumpedConnection) or not conn.handshake_done:
             return
         self._alpn_checked = True
@@ -163,8 +174,10 @@ class Bump:
     def client_eof(self) -> None:
         if self.ended:
             return
-        if IHalfCloseableProtocol.providedBy(self.inner):
-            self.inner.readConnectionLost()
+        self.eof = True
+        half = IHalfCloseableProtocol(self.inner, None)
+        if half is not None:
+            half.readConnectionLost()  # the requests in flight still get their answers
         else:
             self.tls.loseConnection()
 
@@ -176,16 +189,22 @@ class Bump:
         self.txn.tunnel_closed()
 
     def rejected(self, conn: ServerConnection) -> None:
-        """The handshake did not complete: the client refused the certificate (or left)."""
+        """The handshake did not complete: the client refused the certificate (its alert is
+        the handshake's error), or left (or timed out) without a word."""
         req = self.txn.req
         reason = failure_reason(conn)
-        req.notes[TLS_NOTE] = REJECTED
+        if conn.handshake_error is None:
+            req.notes[TLS_NOTE] = INCOMPLETE
+            what = "the client did not complete the TLS handshake"
+        else:
+            req.notes[TLS_NOTE] = REJECTED
+            what = "the client rejected fwproxy's certificate"
         log.info(
-            "fwproxy: bumped tunnel from {client} to {host}: the client rejected fwproxy's "
-            "certificate: {reason} (a client that does not trust the CA, or pins: splice it "
-            "by an [intercept] rule)",
+            "fwproxy: bumped tunnel from {client} to {host}: {what}: {reason} (a client that "
+            "does not trust the CA, or pins: splice it by an [intercept] rule)",
             client=self._client(),
             host=self.name,
+            what=what,
             reason=reason,
         )
 

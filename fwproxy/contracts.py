@@ -21,6 +21,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Literal, Protocol
 
+from twisted.internet.protocol import Protocol as StreamProtocol
+
 from fwproxy.acl import ClientCert
 from fwproxy.chain import FilterChain
 from fwproxy.config import Config
@@ -154,7 +156,7 @@ class ClientConnection(Protocol):
         """``txn`` has ended; keep the connection for the next request if ``keep_alive``."""
         ...
 
-    def intercepted(self, kinds: Callable[[RequestHead], TransactionKind]) -> Any:
+    def intercepted(self, kinds: Callable[[RequestHead], TransactionKind]) -> StreamProtocol:
         """A new client connection (a Twisted protocol, not connected yet) for the HTTP inside
         this connection's decrypted TLS (:mod:`fwproxy.bump`), its request heads dispatched by
         ``kinds``."""

@@ -65,7 +65,9 @@ class Interception:
     def names(self, host: str, port: int | None) -> bool:
         """Whether ``host`` (with ``port``, None: the https default) is this tunnel's
         destination: the CONNECT host or the server name, on the CONNECT port."""
-        return host in (self.host, self.sni) and (port or 443) == self.port
+        return (host == self.host or (host == self.sni and host != "")) and (
+            port or 443
+        ) == self.port
 
 
 class InterceptedTransaction(RelayTransaction):

@@ -44,7 +44,9 @@ def test_the_tunnel_names_its_connect_host_and_server_name_on_its_port() -> None
     assert it.names("sni.test", None)
     assert not it.names("other.test", None)
     assert not it.names("connect.test", 8443)
-    assert Interception("::1", 8443, "", None).prefix == b"https://[::1]:8443"
+    no_sni = Interception("::1", 8443, "", None)
+    assert no_sni.prefix == b"https://[::1]:8443"
+    assert no_sni.names("::1", 8443) and not no_sni.names("", 8443)
 
 
 # -- a bump in memory: the harness's proxy, a pyOpenSSL client over memory BIOs ----------------
@@ -280,3 +282,39 @@ def test_an_h2_only_client_gets_no_alpn_and_a_log_line(
     # what an h2 client then sends is no HTTP/1.1 request: an error answer, not a hang
     answer = tls.request(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 4"), answer
+
+
+def test_a_client_leaving_during_the_handshake_is_incomplete(
+    make: Callable[..., Harness], ca_dir: Path, infos: list[str]
+) -> None:
+    h = make(bump_config(ca_dir))
+    c = h.connect()
+    c.send(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n")
+    h.accept()
+    assert c.take() == ESTABLISHED
+    tls = MemoryTLSClient(c, h, ca_dir / "ca.pem", b"example.com")
+    try:
+        tls.conn.do_handshake()
+    except SSL.WantReadError:
+        pass
+    c.send(tls.conn.bio_read(65536))  # the ClientHello only, then the client goes away
+    h.clock.advance(0)
+    c.lost()
+    [rec] = h.records
+    assert rec.notes["fwproxy.tls"] == "incomplete"
+    assert any("did not complete the TLS handshake" in i for i in infos)
+
+
+def test_a_half_close_after_a_request_still_gets_the_answer(
+    make: Callable[..., Harness], ca_dir: Path
+) -> None:
+    h = make(bump_config(ca_dir), filters=[Answer()])
+    c, _, tls = bumped(h, ca_dir / "ca.pem")
+    tls.conn.sendall(b"GET /x HTTP/1.1\r\nHost: example.com\r\n\r\n")
+    c.send(tls.conn.bio_read(65536))
+    c.shutdown_write()  # FIN after the request (no close_notify)
+    tls.pump()
+    assert tls.conn.recv(65536).startswith(b"HTTP/1.1 200 ")
+    assert c.closed  # then the proxy closes: nothing more can come
+    c.lost()
+    assert [r.method for r in h.records] == ["GET", "CONNECT"]

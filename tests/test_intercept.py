@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from OpenSSL import SSL
 
@@ -18,6 +19,8 @@ from fwproxy import cacert, cli
 from fwproxy.acl import AclContext, client_ip
 from fwproxy.config import ConfigError, loads
 from fwproxy.leafcerts import LeafCerts, leaf_certificate, normalise, select_alpn
+from fwproxy.logformat import TLS_NOTE, combined, squid
+from fwproxy.record import TransactionRecord
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +85,6 @@ def test_load_names_what_is_wrong(tmp_path: Path, ca_dir: Path) -> None:
 def test_load_refuses_a_certificate_that_is_not_a_ca(tmp_path: Path, ca: cacert.CA) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     leaf = leaf_certificate(ca, key, "example.test")
-    from cryptography.hazmat.primitives import serialization
-
     (tmp_path / "ca.pem").write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
     (tmp_path / "ca.key").write_bytes(
         key.private_bytes(
@@ -220,3 +221,14 @@ def test_a_bad_ca_directory_is_one_line(tmp_path: Path) -> None:
         loads(_config(tmp_path), "fw.toml")
     [line] = e.value.problems
     assert line.startswith("fw.toml:9: intercept.ca: cannot read ") and "ca.pem" in line
+
+
+def test_the_tunnel_line_says_what_became_of_its_tls() -> None:
+    rec = TransactionRecord(
+        client="10.0.0.1", method="CONNECT", target="example.com:443", status=200
+    )
+    rec.sni = "example.com"
+    assert " tls=" not in squid(rec)
+    rec.notes[TLS_NOTE] = "bumped"
+    assert squid(rec).endswith(" sni=example.com tls=bumped")
+    assert combined(rec).endswith(' "sni=example.com" "tls=bumped"')

@@ -102,6 +102,17 @@ def test_curl_gets_through_a_bumped_tunnel(
     assert tls_origin.server_names[-1] == "bump.test"
 
 
+def test_a_large_body_through_a_bumped_tunnel(
+    fwproxy: Any, tls_origin: Any, ca_dir: Path, origin_ca_file: Path
+) -> None:
+    proxy = fwproxy(config(tls_origin.port, ca_dir, origin_ca_file), resolver=RESOLVER)
+    size = 3_000_000
+    url = f"https://bump.test:{tls_origin.port}/bytes/{size}"
+    out = curl(proxy, url, ca_dir / "ca.pem", "--limit-rate", "2M")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == pattern(size)
+
+
 def test_curl_offering_h2_still_gets_http1(
     fwproxy: Any, tls_origin: Any, ca_dir: Path, origin_ca_file: Path
 ) -> None:
@@ -243,3 +254,30 @@ def test_another_host_inside_the_tunnel_is_misdirected(
         s.sendall(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode())
         answer = _read_response(s)
         assert answer.startswith(b"HTTP/1.1 405 "), answer
+
+
+def test_twistd_fwproxy_bumps_and_logs_both_lines(
+    proxy: Any, tls_origin: Any, ca_dir: Path, origin_ca_file: Path, run_curl: Any
+) -> None:
+    """The real ``twistd -n fwproxy`` (as operators and the benchmark run it), the access log
+    file in Squid's format: the request's line and the tunnel's."""
+    extra = f"""
+[tunnel]
+peek_ports = [{tls_origin.port}]
+[intercept]
+ca = "{ca_dir}"
+rules = ["bump all"]
+[tls]
+ca_file = "{origin_ca_file}"
+"""
+    running_proxy = proxy.start_with(tunnel_ports=(tls_origin.port,), extra=extra)
+    url = f"https://localhost:{tls_origin.port}/bytes/50"
+    r = run_curl("--proxy", running_proxy.url, "--cacert", str(ca_dir / "ca.pem"), url)
+    assert r.status == 200, r.stderr
+    assert r.body == pattern(50)
+    request_line, tunnel_line = running_proxy.access_lines(2)[-2:]
+    assert " TCP_MISS/200 " in request_line and f" GET {url} " in request_line
+    assert " TCP_TUNNEL/200 " in tunnel_line and f" CONNECT localhost:{tls_origin.port} " in (
+        tunnel_line
+    )
+    assert tunnel_line.endswith(" sni=localhost tls=bumped")
