@@ -9,7 +9,8 @@ The raw lines are those of ./run (parsed by table.py): `params key=value ...`, `
 ["bump all"]`), `mitmproxy` (intercepting with the same CA) and `splice` (fwproxy without
 `[intercept]`: CONNECT tunnels). Metrics, for MODE `keepalive` (curl reuses its connections)
 and `newconn` (one new connection, CONNECT and full TLS handshake per request):
-`tls_MODE_rps`, `tls_MODE_cpu_ticks_per_1k` (the proxy's CPU), `tls_MODE_requests` and
+`tls_MODE_rps`, `tls_MODE_cpu_ticks_per_1k` (the proxy's CPU), `tls_MODE_cpu_pct` (the share of
+one core the proxy got meanwhile: the rest of the machine's load shows there), `tls_MODE_requests` and
 `tls_MODE_connections` (what curl counted: the second shows whether connections were reused),
 `tls_MODE_failed` (transfers that did not get a 200 with 1 KiB) and `tls_MODE_curl_error` (a note);
 once, `https_requests_logged` (access log lines `GET https://...` of a fwproxy).
@@ -52,6 +53,7 @@ def rows(params: dict[str, str]) -> list[tuple[str, str, Callable[[float], str]]
     return [
         ("tls_keepalive_rps", f"HTTPS 1 KiB GET, keep-alive, {conns} conns (req/s) ↑", fmt_int),
         ("tls_keepalive_cpu_ticks_per_1k", "proxy CPU per 1,000 requests (ticks of 10 ms) ↓", fmt2),
+        ("tls_keepalive_cpu_pct", "proxy CPU used meanwhile (% of one core)", fmt_int),
         (
             "tls_newconn_rps",
             f"new connection + full TLS handshake per request, {conns} conns (req/s) ↑",

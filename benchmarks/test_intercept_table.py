@@ -46,6 +46,8 @@ def raw_lines(
                 lines += [
                     f"{label} tls_keepalive_cpu_ticks_per_1k {100_000 / ka:.2f} ticks",
                     f"{label} tls_newconn_cpu_ticks_per_1k {100_000 / nc:.2f} ticks",
+                    f"{label} tls_keepalive_cpu_pct {80 + 5 * r} %",
+                    f"{label} tls_newconn_cpu_pct {70 + 5 * r} %",
                 ]
     if "bump" in keepalive:
         lines.append("bump https_requests_logged 5000")
@@ -89,6 +91,8 @@ def test_columns_cells_and_ratios_are_of_medians() -> None:
     cpu = row(text, "proxy CPU per 1,000 requests")
     assert cpu[1] == "—"  # no proxy, no proxy CPU
     assert cpu[2].startswith("95.24 (90.91–100.00")
+    share = row(text, "proxy CPU used meanwhile (% of one core)")
+    assert share[1:5] == ["—", "85 (80–90, 12%)", "85 (80–90, 12%)", "85 (80–90, 12%)"]
     hs = row(text, "new connection + full TLS handshake")
     assert hs[2] == "105 (100–110, 10%)"
     assert hs[3] == "31 (30–32, 6%)"
