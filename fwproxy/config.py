@@ -22,6 +22,7 @@ from fwproxy.acl import Acl, predefined
 from fwproxy.configcheck import Problems
 from fwproxy.intercept_config import InterceptConfig
 from fwproxy.intercept_config import check as check_intercept
+from fwproxy.intercept_config import warnings as intercept_warnings
 from fwproxy.parents import Parent
 from fwproxy.routing import RoutingRule
 from fwproxy.rules import AccessPolicy
@@ -298,7 +299,12 @@ def parse(data: Mapping[str, Any], source: str = DEFAULT_NAME, text: str = "") -
         admin = _admin(p, check.table(p, data, "admin"), here)
         kwargs["admin"] = AdminConfig(**admin)
     if "intercept" in data:
-        kwargs["intercept"] = check_intercept(p, check.table(p, data, "intercept"), acls, here)
+        kwargs["intercept"] = intercept = check_intercept(
+            p, check.table(p, data, "intercept"), acls, here
+        )
+        if intercept is not None:
+            found = intercept_warnings(source, intercept, kwargs["tunnel"].peek_ports)
+            kwargs["warnings"] += tuple(found)
     config = Config(**kwargs)
     _check_filters(p, config, [i for i, _, _ in entries])
     if p:

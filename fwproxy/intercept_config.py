@@ -7,7 +7,8 @@ and the ACLs of ``[acl]`` (``!`` negates; every ACL of a rule must match; the fi
 rule decides; no match splices: the tunnel stays as it is); ``cert_cache`` is how many leaf
 certificates (and their TLS contexts) are kept. :class:`InterceptPolicy` decides, sans-IO,
 on the :class:`fwproxy.acl.AclContext` of a peeked CONNECT (``ssl_sni`` sees the ClientHello's
-server name). Without an ``[intercept]`` section nothing is bumped.
+server name). Without an ``[intercept]`` section nothing is bumped. Only peeked tunnels (on
+``[tunnel] peek_ports``) can be bumped: :func:`warnings` says when the rules cannot bump any.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from fwproxy.acl import Acl, AclContext, AclError
+from fwproxy.acl import Acl, AclContext, AclError, PortAcl
 from fwproxy.cacert import CA, CAError, load
 from fwproxy.configcheck import Problems, integer, unknown
 from fwproxy.leafcerts import LeafCerts
@@ -110,3 +111,35 @@ def check(
     if ca is None:
         return None
     return InterceptConfig(ca, InterceptPolicy(rules), size)
+
+
+def _can_match_port(rule: Rule, port: int) -> bool:
+    """Whether ``rule``'s ``port`` ACLs let it match a tunnel to ``port`` (its other terms
+    aside)."""
+    for acl, negated in rule.terms:
+        if isinstance(acl, PortAcl):
+            inside = any(lo <= port <= hi for lo, hi in acl.ranges)
+            if inside == negated:
+                return False
+    return True
+
+
+def warnings(source: str, intercept: InterceptConfig, peek_ports: frozenset[int]) -> list[str]:
+    """What is valid in ``[intercept]`` but bumps nothing: no ``bump`` rule, no peeked port
+    (only a peeked tunnel's ClientHello is answered), a ``bump`` rule whose ``port`` ACLs
+    match no peeked port."""
+    bumps = [r for r in intercept.policy.rules if r.allow]
+    if not bumps:
+        return [f'{source}: intercept.rules: no "bump" rule: no tunnel is decrypted']
+    if not peek_ports:
+        return [
+            f"{source}: intercept.rules: tunnel.peek_ports is empty: no tunnel is peeked, so "
+            "none is decrypted (bumping answers the ClientHello of a peeked tunnel)"
+        ]
+    ports = ", ".join(map(str, sorted(peek_ports)))
+    return [
+        f"{source}: intercept.rules: {r.text!r} matches no port of tunnel.peek_ports "
+        f"({ports}): it never bumps (only peeked tunnels are)"
+        for r in bumps
+        if not any(_can_match_port(r, p) for p in peek_ports)
+    ]

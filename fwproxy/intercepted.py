@@ -17,8 +17,10 @@ the requests inside, as Squid's bumped requests inherit the CONNECT's authentica
 from __future__ import annotations
 
 from functools import partial
+from typing import Any
 
 from fwproxy import http1
+from fwproxy.acl import client_ip
 from fwproxy.contracts import ClientConnection, ProxyServices, TransactionKind
 from fwproxy.http1 import ProtocolError, RequestHead
 from fwproxy.message import Response
@@ -48,14 +50,26 @@ def _split_host(value: bytes) -> tuple[str, int | None]:
 class Interception:
     """One bumped tunnel's binding: the CONNECT's ``host`` and ``port``, the ClientHello's
     server name ``sni`` ("" for none) and the CONNECT's ``credentials``; called with a request
-    head, it names the transaction kind (:data:`fwproxy.contracts.TransactionKind`)."""
+    head, it names the transaction kind (:data:`fwproxy.contracts.TransactionKind`).
+
+    A CONNECT to an IP address whose ClientHello names a server is the server name's, as
+    Squid's bump names the origin by the client's SNI: the requests inside are
+    ``https://SNI/...``, sent to the CONNECT's address (:attr:`address`; the name is not looked
+    up), presenting the server name, and the origin's certificate must be for that name."""
 
     def __init__(self, host: str, port: int, sni: str, credentials: bytes | None) -> None:
         self.host = host.strip("[]").rstrip(".").lower()
         self.port = port
         self.sni = sni
         self.credentials = credentials
-        shown = f"[{self.host}]" if ":" in self.host else self.host
+        #: the address the requests go to, when the CONNECT named one and the ClientHello a
+        #: server (None: the authority's host is resolved as any request's)
+        self.address: str | None = None
+        if sni and client_ip(self.host) is not None and client_ip(sni) is None:
+            self.address = self.host
+        #: the origin's name: the server name of an :attr:`address`, else the CONNECT host
+        self.name = sni if self.address is not None else self.host
+        shown = f"[{self.name}]" if ":" in self.name else self.name
         self.prefix = f"https://{shown}".encode("ascii") + (b":%d" % port if port != 443 else b"")
         self._kind: TransactionKind = partial(InterceptedTransaction, interception=self)
 
@@ -113,10 +127,18 @@ class InterceptedTransaction(RelayTransaction):
         head.target = it.prefix + path
         super().start()
 
+    def run_filters(self, hooks: tuple[Any, ...], then: Any) -> None:
+        req = self.request
+        address = self.interception.address
+        if address is not None and req is not None and req.addresses is None:
+            # the server name's requests go where the client's CONNECT went, checked there
+            req.addresses = [address]
+        super().run_filters(hooks, then)
+
     def _misdirected(self, named: str) -> None:
         it = self.interception
         message = (
-            f"fwproxy: this tunnel goes to {it.host}:{it.port}, not to {named}: "
+            f"fwproxy: this tunnel goes to {it.name}:{it.port}, not to {named}: "
             "open another CONNECT for it"
         )
         answer = Response.text(421, message)

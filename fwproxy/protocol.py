@@ -61,15 +61,20 @@ class ProxyProtocol(ClientConnectionBase):
         self._idle_mode = True
         #: which transaction handles a request head (another for an intercepted tunnel's)
         self.kinds: Callable[[RequestHead], TransactionKind] = transaction_kind
+        #: the connection inside this one's decrypted TLS (a bumped tunnel), which drains for it
+        self.inner: ProxyProtocol | None = None
 
     def intercepted(self, kinds: Callable[[RequestHead], TransactionKind]) -> ProxyProtocol:
         """A connection for the HTTP inside this one's decrypted TLS (a bumped tunnel), its
         requests dispatched by ``kinds``; connected by the TLS layer's ``makeConnection``. It is
-        not counted again, nor are the connection filters run again."""
+        not counted again (this connection stands for it against ``limits.max_connections``
+        and in the metrics), nor are the connection filters run again; on a drain, it closes
+        at its next request boundary, and its TLS close then ends this connection."""
         inner = ProxyProtocol(self.proxy, Admission(self.proxy.reactor))
         inner._identified = True
         inner.client_cert = self.client_cert
         inner.kinds = kinds
+        self.inner = inner
         return inner
 
     def switch_to_raw(self, handler: RawHandler) -> None:
@@ -223,7 +228,12 @@ class ProxyProtocol(ClientConnectionBase):
             self._close()
 
     def drain(self) -> None:
-        """The proxy is shutting down: close now if idle, else after the current transaction."""
+        """The proxy is shutting down: close now if idle, else after the current transaction.
+        An intercepted tunnel is its inner connection's to close, between its requests."""
+        inner = self.inner
+        if inner is not None:
+            inner.drain()
+            return
         if self.current is None and self.raw is None and not self.queue:
             self._close()
 

@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 from cryptography import x509
 from OpenSSL import SSL
+from support.certs import CA, MemoryTLSServer
+from twisted.internet.defer import Deferred
 from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 from zope.interface import implementer
 
@@ -19,7 +21,7 @@ from fwproxy.intercepted import Interception, _split_host
 from fwproxy.interfaces import IRequestFilter
 from fwproxy.message import Request, Response
 from fwproxy.record import TCP_TUNNEL
-from fwproxy.testing import Client, Harness
+from fwproxy.testing import Client, FakeResolver, Harness
 from fwproxy.tunnel import ESTABLISHED
 
 
@@ -318,3 +320,164 @@ def test_a_half_close_after_a_request_still_gets_the_answer(
     assert c.closed  # then the proxy closes: nothing more can come
     c.lost()
     assert [r.method for r in h.records] == ["GET", "CONNECT"]
+
+
+# -- drain (SIGTERM): an intercepted connection closes as a plain keep-alive one -------------
+
+
+def closed_by_proxy(tls: MemoryTLSClient) -> bool:
+    """The proxy sent its close_notify: the client reads the end of the TLS stream."""
+    tls.pump()
+    try:
+        tls.conn.recv(65536)
+    except SSL.ZeroReturnError:
+        return True
+    except SSL.WantReadError:
+        return False
+    return False
+
+
+def test_drain_closes_an_idle_intercepted_connection_at_once(
+    make: Callable[..., Harness], ca_dir: Path
+) -> None:
+    h = make(bump_config(ca_dir), filters=[Answer()])
+    c, _, tls = bumped(h, ca_dir / "ca.pem")
+    assert tls.request(b"GET /a HTTP/1.1\r\nHost: example.com\r\n\r\n").startswith(b"HTTP/1.1 200")
+    drained: list[object] = []
+    h.factory.drain(60).addCallback(drained.append)
+    assert closed_by_proxy(tls)
+    tls.conn.shutdown()  # the client answers the close_notify: the proxy closes the TCP
+    tls.pump()
+    assert c.closed
+    c.lost()
+    assert drained == [None]  # at once, not at the drain timeout
+    assert [r.method for r in h.records] == ["GET", "CONNECT"]
+
+
+@implementer(IRequestFilter)
+class Held:
+    """Holds every request until :meth:`release` (a request in flight)."""
+
+    def __init__(self) -> None:
+        self.pending: list[Deferred[Response | None]] = []
+
+    def requestReceived(self, request: Request) -> Deferred[Response | None]:
+        d: Deferred[Response | None] = Deferred()
+        self.pending.append(d)
+        return d
+
+    def release(self) -> None:
+        for d in self.pending:
+            d.callback(Response.text(200, "late answer"))
+
+
+def test_drain_finishes_the_request_in_flight_then_closes(
+    make: Callable[..., Harness], ca_dir: Path
+) -> None:
+    held = Held()
+    h = make(bump_config(ca_dir), filters=[held])
+    c, _, tls = bumped(h, ca_dir / "ca.pem")
+    assert tls.request(b"GET /slow HTTP/1.1\r\nHost: example.com\r\n\r\n") == b""
+    drained: list[object] = []
+    h.factory.drain(60).addCallback(drained.append)
+    h.clock.advance(1)
+    assert not closed_by_proxy(tls) and not c.closed and held.pending
+    held.release()
+    tls.pump()
+    answer = tls.conn.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"late answer\n"), answer
+    assert closed_by_proxy(tls)  # then closed, at the request boundary
+    c.lost()
+    assert drained == [None]
+    assert [(r.method, r.status) for r in h.records] == [("GET", 200), ("CONNECT", 200)]
+
+
+def test_an_intercepted_connection_counts_once(make: Callable[..., Harness], ca_dir: Path) -> None:
+    """The connection inside the TLS is not counted again: neither against
+    ``limits.max_connections`` nor in the connections gauge."""
+    h = make(bump_config(ca_dir) + "[limits]\nmax_connections = 2\n", filters=[Answer()])
+    c, _, tls = bumped(h, ca_dir / "ca.pem")
+    assert tls.request(b"GET /a HTTP/1.1\r\nHost: example.com\r\n\r\n").startswith(b"HTTP/1.1 200")
+    assert h.factory.connections == {c.proto}
+    assert h.factory._gauges() == (1, 1)  # one connection, a tunnel
+    other = h.connect()
+    other.send(b"GET http://example.net/ HTTP/1.1\r\nHost: example.net\r\n\r\n")
+    assert not other.received().startswith(b"HTTP/1.1 503")
+
+
+# -- a CONNECT to an IP address with a server name: the name is the origin's ----------------
+
+
+@pytest.fixture(scope="module")
+def origin_ca(tmp_path_factory: pytest.TempPathFactory) -> tuple[CA, Path]:
+    ca = CA("origin CA")
+    return ca, ca.write(tmp_path_factory.mktemp("origin-trust"), "origin-ca")
+
+
+def connect_ip_with_sni(
+    make: Callable[..., Harness], ca_dir: Path, trust: Path, sni: bytes
+) -> tuple[Harness, Client, MemoryTLSClient]:
+    config = bump_config(ca_dir) + f'[tls]\nca_file = "{trust}"\n'
+    h = make(config, filters=[], resolver=FakeResolver({}))  # no name resolves
+    c = h.connect()
+    c.send(b"CONNECT 192.0.2.10:443 HTTP/1.1\r\nHost: 192.0.2.10:443\r\n\r\n")
+    h.accept()
+    assert c.take() == ESTABLISHED
+    tls = MemoryTLSClient(c, h, ca_dir / "ca.pem", sni)
+    tls.pump()
+    return h, c, tls
+
+
+def test_connect_to_an_ip_is_verified_against_the_server_name(
+    make: Callable[..., Harness], ca_dir: Path, origin_ca: tuple[CA, Path]
+) -> None:
+    ca, trust = origin_ca
+    h, c, tls = connect_ip_with_sni(make, ca_dir, trust, b"named.test")
+    tls.conn.sendall(b"GET /p HTTP/1.1\r\nHost: named.test\r\n\r\n")
+    tls.pump()
+    # to the CONNECT's address (the name is not looked up), presenting the server name
+    assert h.attempts[-1][:2] == ("192.0.2.10", 443)
+    server = MemoryTLSServer(h.accept(), ca.issue("named.test"), h.clock)
+    assert server.server_name == b"named.test"
+    assert server.received.startswith(b"GET /p HTTP/1.1\r\n")
+    assert b"\r\nHost: named.test\r\n" in server.received
+    server.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    tls.pump()
+    assert tls.conn.recv(65536).endswith(b"\r\n\r\nok")
+    assert h.records[-1].target == "https://named.test/p"
+
+
+def test_connect_to_an_ip_refuses_an_origin_not_certified_for_the_server_name(
+    make: Callable[..., Harness], ca_dir: Path, origin_ca: tuple[CA, Path]
+) -> None:
+    ca, trust = origin_ca
+    # a certificate for the IP address itself does not do: the client asked for the name
+    h, c, tls = connect_ip_with_sni(make, ca_dir, trust, b"named.test")
+    tls.conn.sendall(b"GET /p HTTP/1.1\r\nHost: 192.0.2.10\r\n\r\n")
+    tls.pump()
+    server = MemoryTLSServer(h.accept(), ca.issue("192.0.2.10", "other.test"), h.clock)
+    tls.pump()
+    answer = tls.conn.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 502 "), answer
+    assert b"hostname mismatch" in answer and b"not named.test" in answer
+    assert server.received == b""
+    h.take_failures()
+
+
+def test_misdirected_inside_an_ip_tunnel_names_the_server_name(
+    make: Callable[..., Harness], ca_dir: Path, origin_ca: tuple[CA, Path]
+) -> None:
+    h, c, tls = connect_ip_with_sni(make, ca_dir, origin_ca[1], b"named.test")
+    answer = tls.request(b"GET / HTTP/1.1\r\nHost: other.test\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 421 "), answer
+    assert b"goes to named.test:443, not to other.test" in answer
+
+
+def test_the_binding_of_an_ip_connect_with_a_server_name() -> None:
+    it = Interception("192.0.2.10", 443, "named.test", None)
+    assert it.prefix == b"https://named.test" and it.address == "192.0.2.10"
+    assert it.names("named.test", None) and it.names("192.0.2.10", 443)
+    plain = Interception("192.0.2.10", 8443, "", None)
+    assert plain.prefix == b"https://192.0.2.10:8443" and plain.address is None
+    named = Interception("example.com", 443, "example.com", None)
+    assert named.prefix == b"https://example.com" and named.address is None

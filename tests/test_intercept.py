@@ -232,3 +232,54 @@ def test_the_tunnel_line_says_what_became_of_its_tls() -> None:
     rec.notes[TLS_NOTE] = "bumped"
     assert squid(rec).endswith(" sni=example.com tls=bumped")
     assert combined(rec).endswith(' "sni=example.com" "tls=bumped"')
+
+
+@pytest.mark.parametrize(
+    "rules, extra, warning",
+    [
+        ('"bump all"', "[tunnel]\npeek_ports = []", "tunnel.peek_ports is empty"),
+        ('"splice banks"', "", 'no "bump" rule'),
+        ("", "", 'no "bump" rule'),
+        (
+            '"bump alt_port", "bump all"',
+            '[acl.alt_port]\nport = ["8443"]',
+            "'bump alt_port' matches no port of tunnel.peek_ports (443): it never bumps",
+        ),
+        (
+            '"bump !https"',
+            '[acl.https]\nport = ["443"]',
+            "'bump !https' matches no port of tunnel.peek_ports (443)",
+        ),
+    ],
+)
+def test_rules_that_bump_nothing_are_warned_of(
+    ca_dir: Path, rules: str, extra: str, warning: str
+) -> None:
+    # [intercept] comes before the extra sections: they end the [intercept] table
+    config = loads(_config(ca_dir, rules, "cert_cache = 10\n" + extra), "fw.toml")
+    [line] = [w for w in config.warnings if "intercept" in w]
+    assert line.startswith("fw.toml: intercept.rules: ") and warning in line, line
+
+
+@pytest.mark.parametrize(
+    "rules, extra",
+    [
+        ('"bump all"', ""),
+        ('"bump alt_port"', '[tunnel]\npeek_ports = [443, 8443]\n[acl.alt_port]\nport = ["8443"]'),
+        ('"bump !alt_port"', '[acl.alt_port]\nport = ["8443"]'),
+    ],
+)
+def test_rules_that_can_bump_are_not_warned_of(ca_dir: Path, rules: str, extra: str) -> None:
+    config = loads(_config(ca_dir, rules, "cert_cache = 10\n" + extra), "fw.toml")
+    assert not [w for w in config.warnings if "intercept" in w], config.warnings
+
+
+def test_check_config_prints_the_warning(
+    ca_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "fw.toml"
+    path.write_text(_config(ca_dir, extra="[tunnel]\npeek_ports = []"))
+    assert cli.main(["check-config", str(path)]) == 0
+    assert "warning: " in capsys.readouterr().err
+    assert cli.main(["check-config", "--strict", str(path)]) == 1
+    assert "tunnel.peek_ports is empty" in capsys.readouterr().err

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from fwp_origin import pattern
 from support.certs import CA, TLSOriginServer
-from support.servers import running
+from support.servers import running, wait_until
 
 from fwproxy import cacert
 from fwproxy.record import TCP_MISS, TCP_TUNNEL
@@ -281,3 +281,12 @@ ca_file = "{origin_ca_file}"
         tunnel_line
     )
     assert tunnel_line.endswith(" sni=localhost tls=bumped")
+    # a client that does not trust the CA (it trusts the origin's only, as a pinning client
+    # would): curl fails, the proxy logs one line naming the client, the host and the alert
+    r = run_curl("--proxy", running_proxy.url, "--cacert", str(origin_ca_file), url)
+    assert r.returncode == 60, r.stderr
+    rejected = running_proxy.access_lines(3)[-1]
+    assert rejected.endswith(" sni=localhost tls=rejected"), rejected
+    wait_until(lambda: "rejected fwproxy's certificate" in running_proxy.output(), 5)
+    [line] = [x for x in running_proxy.output().splitlines() if "rejected fwproxy's" in x]
+    assert "from 127.0.0.1:" in line and "to localhost" in line and "alert unknown ca" in line
