@@ -17,6 +17,7 @@ during the handshake without an alert); a bumped tunnel's says ``tls=bumped``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from OpenSSL import SSL
@@ -45,11 +46,18 @@ REJECTED = "rejected"
 INCOMPLETE = "incomplete"
 
 
-def decide(intercept: InterceptConfig, req: Request, sni: str, now: float) -> str | None:
-    """The text of the ``[intercept]`` rule that bumps ``req``'s tunnel, or None: splice.
-    A rule that cannot be evaluated splices (and is logged): nothing is decrypted by mistake."""
+def decide(
+    intercept: InterceptConfig,
+    req: Request,
+    sni: str,
+    now: float,
+    listening: Sequence[tuple[str, int]] = (),
+) -> str | None:
+    """The text of the ``[intercept]`` rule that bumps ``req``'s tunnel, or None: splice
+    (``listening``: the proxy's listening addresses, for ``to_self``). A rule that cannot be
+    evaluated splices (and is logged): nothing is decrypted by mistake."""
     addresses = tuple(ip for ip in (client_ip(a) for a in req.addresses or ()) if ip is not None)
-    ctx = request_context(req, now, (), addresses, sni=sni)
+    ctx = request_context(req, now, listening, addresses, sni=sni)
     try:
         rule = intercept.policy.bump(ctx)
     except Exception as e:  # noqa: BLE001 - a rule that cannot decide must not decrypt
@@ -175,6 +183,12 @@ class Bump:
         if self.ended:
             return
         self.eof = True
+        conn = self.tls.getHandle()
+        if isinstance(conn, SSL.Connection) and conn.get_shutdown() & SSL.SENT_SHUTDOWN:
+            # the proxy has closed its side, everything sent (its close_notify is out: a
+            # drain, a last answer); the client will not answer with a close_notify of its own
+            self.client_t.loseConnection()
+            return
         half = IHalfCloseableProtocol(self.inner, None)
         if half is not None:
             half.readConnectionLost()  # the requests in flight still get their answers

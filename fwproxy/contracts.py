@@ -18,7 +18,7 @@ tunnel, an intercepted connection, an upgrade) implements these contracts and is
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Literal, Protocol
 
 from twisted.internet.protocol import Protocol as StreamProtocol
@@ -89,6 +89,11 @@ class ProxyServices(Protocol):
     @property
     def routes(self) -> Routes:
         """How requests reach their destinations (``[routing]``) and the parents' health."""
+        ...
+
+    @property
+    def listening(self) -> Sequence[tuple[str, int]]:
+        """The proxy's listening ``(host, port)`` pairs (what ``to_self`` matches)."""
         ...
 
     def is_self(self, addresses: list[str], port: int, local: tuple[str, int]) -> bool:

@@ -263,13 +263,22 @@ class PeekingConnectTransaction(ConnectTransaction):
             return
         intercept = self.proxy.config.intercept
         sni = self.sni or ""
-        if (
-            intercept is not None
-            and not self.req.notes.get(ECH_NOTE)  # the real server name is hidden: splice
-            and decide(intercept, self.req, sni, self.clock.seconds()) is not None
-        ):
-            bump(self, self.tunnel, intercept, sni, peek.take())
-            return
+        if intercept is not None:
+            rule = decide(intercept, self.req, sni, self.clock.seconds(), self.proxy.listening)
+            if rule is not None and self.req.notes.get(ECH_NOTE):
+                # the real server name is hidden: no certificate can be made for it
+                log.info(
+                    "fwproxy: tunnel from {client} to {authority}: spliced, not bumped by "
+                    "{rule!r}: its ClientHello is encrypted (ECH; the visible server name "
+                    "{sni!r} is the provider's)",
+                    client=self.conn.client[0],
+                    authority=self.req.authority,
+                    rule=rule,
+                    sni=sni,
+                )
+            elif rule is not None:
+                bump(self, self.tunnel, intercept, sni, peek.take())
+                return
         self.deadline.restart(self.proxy.config.timeouts.tunnel_idle, self._idle)
         peek.open()
 

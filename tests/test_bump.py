@@ -12,6 +12,7 @@ import pytest
 from cryptography import x509
 from OpenSSL import SSL
 from support.certs import CA, MemoryTLSServer
+from support.tlshello import crafted_hello
 from twisted.internet.defer import Deferred
 from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 from zope.interface import implementer
@@ -481,3 +482,52 @@ def test_the_binding_of_an_ip_connect_with_a_server_name() -> None:
     assert plain.prefix == b"https://192.0.2.10:8443" and plain.address is None
     named = Interception("example.com", 443, "example.com", None)
     assert named.prefix == b"https://example.com" and named.address is None
+
+
+# -- to_self in [intercept] rules; ECH --------------------------------------------------------
+
+
+def test_to_self_in_intercept_rules_sees_the_listening_addresses(
+    make: Callable[..., Harness], ca_dir: Path
+) -> None:
+    h = make(bump_config(ca_dir, '"splice to_self", "bump all"'))
+    h.factory.listening.append(("127.0.0.7", 3128))  # as a listening port records itself
+    c = h.connect()
+    c.send(b"CONNECT 127.0.0.7:443 HTTP/1.1\r\nHost: 127.0.0.7:443\r\n\r\n")
+    up = h.accept()
+    assert c.take() == ESTABLISHED
+    tls = MemoryTLSClient(c, h, ca_dir / "ca.pem", b"example.com")
+    tls.pump()
+    assert not up.closed and up.received().startswith(b"\x16\x03")  # spliced: the proxy's host
+    # elsewhere, the same rules bump
+    _, other_up, _ = bumped(h, ca_dir / "ca.pem")
+    assert other_up.closed
+
+
+def test_ech_splices_a_tunnel_the_rules_would_bump_and_says_so(
+    make: Callable[..., Harness], ca_dir: Path, infos: list[str]
+) -> None:
+    h = make(bump_config(ca_dir))
+    c = h.connect()
+    c.send(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n")
+    up = h.accept()
+    assert c.take() == ESTABLISHED
+    hello = crafted_hello("public.provider.test", ech=True)
+    c.send(hello)
+    assert not up.closed and up.received() == hello  # spliced
+    [line] = [i for i in infos if "spliced, not bumped" in i]
+    assert "'bump all'" in line and "ECH" in line and "to example.com:443" in line
+
+
+def test_a_client_answering_the_close_with_a_fin_is_closed(
+    make: Callable[..., Harness], ca_dir: Path
+) -> None:
+    """After the proxy's close_notify, a client that shuts down its side without a
+    close_notify of its own (Python's ssl, many others) has the connection closed."""
+    h = make(bump_config(ca_dir), filters=[Answer()])
+    c, _, tls = bumped(h, ca_dir / "ca.pem")
+    answer = tls.request(b"GET /a HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    assert closed_by_proxy(tls) and not c.closed
+    c.shutdown_write()
+    assert c.closed

@@ -7,9 +7,11 @@ another CA (trusted by the proxy through ``[tls] ca_file``), and real clients: c
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -290,3 +292,50 @@ ca_file = "{origin_ca_file}"
     wait_until(lambda: "rejected fwproxy's certificate" in running_proxy.output(), 5)
     [line] = [x for x in running_proxy.output().splitlines() if "rejected fwproxy's" in x]
     assert "from 127.0.0.1:" in line and "to localhost" in line and "alert unknown ca" in line
+
+
+def test_a_connect_to_an_ip_address_is_verified_against_the_server_name(
+    fwproxy: Any, tls_origin: Any, ca_dir: Path, origin_ca_file: Path
+) -> None:
+    # the origin's certificate names bump.test, not 127.0.0.1: the client's server name decides
+    proxy = fwproxy(config(tls_origin.port, ca_dir, origin_ca_file), resolver=RESOLVER)
+    tls_origin.clear()
+    with _tunnel(proxy, f"127.0.0.1:{tls_origin.port}", ca_dir / "ca.pem", "bump.test") as s:
+        host = f"bump.test:{tls_origin.port}"
+        s.sendall(f"GET /bytes/4 HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        answer = _read_response(s)
+        assert answer.startswith(b"HTTP/1.1 200 "), answer
+    assert tls_origin.server_names[-1] == "bump.test"
+    inner = proxy.wait_for_records(2)[0]
+    assert inner.target == f"https://bump.test:{tls_origin.port}/bytes/4"
+
+
+def test_sigterm_closes_an_idle_bumped_connection_at_once(
+    proxy: Any, tls_origin: Any, ca_dir: Path, origin_ca_file: Path
+) -> None:
+    """The real ``twistd -n fwproxy``: on SIGTERM an intercepted keep-alive connection between
+    two requests is closed at once (not cut at ``timeouts.drain``, 25 s), and the process exits
+    0."""
+    extra = f"""
+[tunnel]
+peek_ports = [{tls_origin.port}]
+[intercept]
+ca = "{ca_dir}"
+rules = ["bump all"]
+[tls]
+ca_file = "{origin_ca_file}"
+"""
+    running_proxy = proxy.start_with(tunnel_ports=(tls_origin.port,), extra=extra)
+    authority = f"localhost:{tls_origin.port}"
+    with _tunnel(running_proxy, authority, ca_dir / "ca.pem", "localhost") as s:
+        s.sendall(f"GET /bytes/4 HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode())
+        answer = _read_response(s)
+        while not answer.endswith(pattern(4)):
+            answer += s.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 200 "), answer
+        started = time.monotonic()
+        running_proxy.signal(signal.SIGTERM)
+        s.settimeout(10)
+        assert s.recv(65536) == b""  # the proxy's close_notify, long before the drain's end
+        assert time.monotonic() - started < 5
+    assert running_proxy.wait_exit(10) == 0, running_proxy.output()
