@@ -157,8 +157,9 @@ class Acls:
         if acl.builtin and acl.name == "all":
             acl.fw_name = "all"
             return "all"
-        if acl.builtin and acl.name == "to_localhost" and acl.where is None:
-            acl.fw_name = "to_localhost"  # fwproxy's is Squid's set exactly
+        if acl.builtin and acl.name == "to_localhost" and _only_localhost(acl.values):
+            # fwproxy's is Squid's set exactly (Squid 3's files define it again: same set)
+            acl.fw_name = "to_localhost"
             return acl.fw_name
         name = acl.name
         if name in self._taken or not _FWPROXY_NAME.match(name):
@@ -249,3 +250,12 @@ class Acls:
             if value.startswith("-") or not value.strip("."):
                 raise ValueError(f"{value!r} is not a domain")
         return [value]
+
+
+def _only_localhost(values: list[str]) -> bool:
+    """Whether ``dst`` values are all inside Squid's (and fwproxy's) ``to_localhost``."""
+    builtin = set(BUILTINS["to_localhost"][1])
+    try:
+        return all(set(V.networks(v)[0]) <= builtin for v in values)
+    except ValueError:
+        return False

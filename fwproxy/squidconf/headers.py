@@ -53,7 +53,10 @@ class Headers:
             if acls != ("all",):
                 self.report.skip(d, "allow lines for some requests only")
             return
-        if acls != ("all",) or name.lower() in ("all", "other"):
+        if name.lower() in ("all", "other"):
+            self.report.skip(d, "a list of the headers let through has no fwproxy equivalent")
+            return
+        if acls != ("all",):
             self.report.skip(d, "fwproxy removes a header from every message or none")
             return
         key = "remove_request" if d.name == "request_header_access" else "remove_response"
