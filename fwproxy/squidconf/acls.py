@@ -80,6 +80,8 @@ class AclDef:
     builtin: bool = False
     #: the name in the converted file
     fw_name: str = ""
+    #: the name of its ``dstdomain`` twin (``ssl::server_name`` outside ``ssl_bump``)
+    host_name: str = ""
     #: the converted table, once made (its problems are reported once)
     converted: tuple[str, list[str | int]] | None = None
     done: bool = False
@@ -170,6 +172,17 @@ class Acls:
         self._taken.add(name)
         acl.fw_name = name
         return name
+
+    def host_name(self, acl: AclDef) -> str:
+        """The name of the ``dstdomain`` twin of an ``ssl::server_name`` ACL (chosen once)."""
+        if not acl.host_name:
+            name = base = self.fw_name(acl) + "_host"
+            i = 2
+            while name in self._taken:
+                name, i = f"{base}_{i}", i + 1
+            self._taken.add(name)
+            acl.host_name = name
+        return acl.host_name
 
     def table(
         self, acl: AclDef, peeks: bool, port_names: dict[str, int]

@@ -153,6 +153,10 @@ class _Converter:
             found = self.acls.table(acl, self.access.peeks, names)
             if found is not None:
                 tables.append((["acl", fw], {found[0]: found[1]}))
+        for acl in self.access.used_host.values():
+            found = self.acls.table(acl, self.access.peeks, names)
+            if found is not None:
+                tables.append((["acl", self.acls.host_name(acl)], {"dstdomain": found[1]}))
         tables.append((["access"], {"rules": rules}))
         tables.append((["headers"], dict(self.headers.headers)))
         tables.append((["log"], dict(self.logging.log)))
