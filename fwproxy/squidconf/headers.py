@@ -18,6 +18,8 @@ _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 
 class Headers:
+    """The ``[headers]`` table of a squid.conf's header directives."""
+
     def __init__(self, report: Report) -> None:
         self.report = report
         self.headers: dict[str, object] = {}
