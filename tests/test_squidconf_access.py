@@ -155,3 +155,23 @@ def test_a_rule_written_twice_is_written_once(tmp_path: Path) -> None:
         tmp_path, NET + "http_access deny to_localhost\nhttp_access allow office\n", guard=False
     )
     assert rules(unguarded) == ["deny to_localhost", "allow office", "deny all"]
+
+
+def test_server_name_in_http_access_is_the_connect_host(tmp_path: Path) -> None:
+    # Squid checks http_access on the CONNECT, before any peeking: its ssl::server_name is
+    # the CONNECT's host there, and the ClientHello's name only in ssl_bump
+    text = PEEK.replace(
+        "http_access allow office", "http_access deny blocked\nhttp_access allow office"
+    )
+    result = run(tmp_path, text + "ssl_bump splice saas\nssl_bump terminate all\n")
+    assert acl(result, "blocked_host") == {"dstdomain": ["evil.example"]}
+    assert acl(result, "saas") == {"ssl_sni": [".github.com", ".salesforce.com"]}
+    assert "blocked" not in data(result)["acl"]
+    assert rules(result) == [
+        *FLOOR,
+        "deny blocked_host",
+        "deny office CONNECT !saas",
+        "allow office",
+        "deny all",
+    ]
+    config(result)

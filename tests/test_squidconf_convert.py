@@ -258,6 +258,14 @@ def test_random_lines_never_raise(
         text = result.toml
         if not any(
             k in text
-            for k in ("htpasswd", "localport", "urlpath_regex", "ssl:", "proxy_auth", "[log]")
+            for k in (
+                "htpasswd",
+                "localport",
+                "urlpath_regex",
+                "ssl:",
+                "proxy_auth",
+                "[log]",
+                "[intercept]",
+            )
         ):
             loads(text)

@@ -207,3 +207,38 @@ def test_untranslated_directives(tmp_path: Path, line: str, reason: str, code: i
     )
     assert result.exit_code == code
     assert run(tmp_path, line + "\n" + ALLOW, force=True).exit_code == 0
+
+
+@pytest.mark.parametrize(
+    "line, limit",
+    [
+        ("request_body_max_size 10 MB", 10 * 1024**2),
+        ("request_body_max_size 512 KB", 524288),
+        ("request_body_max_size 0", 0),
+        ("request_body_max_size none", 0),
+    ],
+)
+def test_request_body_max_size(tmp_path: Path, line: str, limit: int) -> None:
+    result = run(tmp_path, line + "\n" + ALLOW)
+    assert data(result)["limits"] == {"max_body_size": limit}
+    assert config(result).limits.max_body_size == limit
+
+
+def test_request_body_max_size_for_some_requests_is_an_error(tmp_path: Path) -> None:
+    some = run(tmp_path, "request_body_max_size 10 MB localhost\n" + ALLOW)
+    assert some.exit_code == 1 and "a body limit for some requests only" in some.errors[0]
+    assert run(tmp_path, "request_body_max_size ten\n" + ALLOW).exit_code == 1
+
+
+def test_squid_3_to_localhost_is_fwproxys(tmp_path: Path) -> None:
+    result = run(
+        tmp_path,
+        "acl to_localhost dst 127.0.0.0/8 0.0.0.0/32 ::1\nhttp_access deny to_localhost\n" + ALLOW,
+    )
+    assert "acl" not in data(result) or "squid_to_localhost" not in data(result)["acl"]
+    assert data(result)["access"]["rules"][:4] == [
+        "deny to_linklocal",
+        "deny to_localhost",
+        "deny to_self",
+        "allow localhost",
+    ]

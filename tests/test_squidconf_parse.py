@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from support.squidconf import acl, rules, run
 
 from fwproxy.squidconf.parse import Directive, logical_lines, read_directives, tokenize
@@ -101,3 +102,31 @@ def test_latin1_file(tmp_path: Path) -> None:
     from fwproxy.squidconf import convert
 
     assert convert(str(path)).exit_code == 0
+
+
+def test_messages_follow_the_reading_order(tmp_path: Path) -> None:
+    (tmp_path / "inc.conf").write_text("cache_mem 0 MB\n")
+    result = run(
+        tmp_path,
+        "acl r dstdom_regex Capital\ninclude inc.conf\ncache_dir null /tmp\nhttp_access deny r\n",
+    )
+    # the note about line 1 is found when the rules are written, after everything was read
+    assert [m.split(": ")[0].rsplit("/", 1)[1] for m in result.messages] == [
+        "squid.conf:1",
+        "inc.conf:1",
+        "squid.conf:3",
+    ]
+
+
+def test_a_converter_bug_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fwproxy.squidconf.headers import Headers
+
+    def broken(self: Headers, d: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(Headers, "via", broken)
+    result = run(tmp_path, "via on\nhttp_access allow localhost\n")
+    assert result.exit_code == 1
+    assert result.errors == [
+        f"{tmp_path / 'squid.conf'}:1: via: error: cannot be converted (RuntimeError: boom)"
+    ]

@@ -70,6 +70,8 @@ class Access:
         self.peeks = False
         #: ACLs the rules use, in order
         self.used: dict[str, AclDef] = {}
+        #: ``ssl::server_name`` ACLs used where Squid matches the CONNECT host (peeking files)
+        self.used_host: dict[str, AclDef] = {}
         #: this fwproxy has ``[intercept]`` (bumping): ``ssl_bump bump`` is translated
         self.can_intercept = False
         #: the ``[intercept] rules`` (filled by :meth:`rules` when there is a bump line)
@@ -118,13 +120,24 @@ class Access:
                 ok = False
         return ok
 
-    def words(self, start: str, terms: list[Term]) -> str:
+    def words(self, start: str, terms: list[Term], sni: bool = False) -> str:
         """A rule: ``start`` (``allow``, ``parent NAME``, ``bump``...) and the fwproxy names
-        of its ACLs (``all`` for none); the ACLs are remembered as used."""
+        of its ACLs (``all`` for none); the ACLs are remembered as used.
+
+        With ``sni`` the terms are ``ssl_bump``'s, decided on the ClientHello; without, an
+        ``ssl::server_name`` ACL of a peeking file stands for what Squid matches there, the
+        CONNECT's host: its ``dstdomain`` twin (``NAME_host``)."""
         words = []
         for acl, neg in terms:
-            self.used.setdefault(acl.name.lower(), acl)
-            words.append(("!" if neg else "") + self.acls.fw_name(acl))
+            if acl.kind == "ssl::server_name" and self.peeks and not sni:
+                self.used_host.setdefault(acl.name.lower(), acl)
+                name = self.acls.host_name(acl)
+            else:
+                self.used.setdefault(acl.name.lower(), acl)
+                name = self.acls.fw_name(acl)
+            words.append(("!" if neg else "") + name)
+        if not start:
+            return " ".join(words)
         return " ".join([start, *(words or ["all"])])
 
     def _text(self, allow: bool, terms: list[Term]) -> str:
@@ -165,7 +178,8 @@ class Access:
             extra = (
                 [] if any(a is connect and not n for a, n in terms + cond) else [(connect, False)]
             )
-            out.append(self._text(False, [*terms, *extra, *cond]))
+            head = self.words("deny", [*terms, *extra])
+            out.append(f"{head} {self.words('', cond, sni=True)}".strip())
         return out
 
     def _terminations(self, port_names: dict[str, int]) -> list[list[Term]]:
@@ -187,7 +201,7 @@ class Access:
                 continue
             terms = [(a, n) for a, n in terms if not _always([(a, n)])]
             if line.action in ("bump", "splice") and self.can_intercept:
-                self.intercept.append(self.words(line.action, terms))
+                self.intercept.append(self.words(line.action, terms, sni=True))
             if line.action == "terminate":
                 negations = [[(a, not n) for a, n in m] for m in earlier]
                 count = 1

@@ -80,6 +80,8 @@ class AclDef:
     builtin: bool = False
     #: the name in the converted file
     fw_name: str = ""
+    #: the name of its ``dstdomain`` twin (``ssl::server_name`` outside ``ssl_bump``)
+    host_name: str = ""
     #: the converted table, once made (its problems are reported once)
     converted: tuple[str, list[str | int]] | None = None
     done: bool = False
@@ -157,8 +159,9 @@ class Acls:
         if acl.builtin and acl.name == "all":
             acl.fw_name = "all"
             return "all"
-        if acl.builtin and acl.name == "to_localhost" and acl.where is None:
-            acl.fw_name = "to_localhost"  # fwproxy's is Squid's set exactly
+        if acl.builtin and acl.name == "to_localhost" and _only_localhost(acl.values):
+            # fwproxy's is Squid's set exactly (Squid 3's files define it again: same set)
+            acl.fw_name = "to_localhost"
             return acl.fw_name
         name = acl.name
         if name in self._taken or not _FWPROXY_NAME.match(name):
@@ -169,6 +172,17 @@ class Acls:
         self._taken.add(name)
         acl.fw_name = name
         return name
+
+    def host_name(self, acl: AclDef) -> str:
+        """The name of the ``dstdomain`` twin of an ``ssl::server_name`` ACL (chosen once)."""
+        if not acl.host_name:
+            name = base = self.fw_name(acl) + "_host"
+            i = 2
+            while name in self._taken:
+                name, i = f"{base}_{i}", i + 1
+            self._taken.add(name)
+            acl.host_name = name
+        return acl.host_name
 
     def table(
         self, acl: AclDef, peeks: bool, port_names: dict[str, int]
@@ -249,3 +263,12 @@ class Acls:
             if value.startswith("-") or not value.strip("."):
                 raise ValueError(f"{value!r} is not a domain")
         return [value]
+
+
+def _only_localhost(values: list[str]) -> bool:
+    """Whether ``dst`` values are all inside Squid's (and fwproxy's) ``to_localhost``."""
+    builtin = set(BUILTINS["to_localhost"][1])
+    try:
+        return all(set(V.networks(v)[0]) <= builtin for v in values)
+    except ValueError:
+        return False

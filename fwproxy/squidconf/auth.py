@@ -30,6 +30,8 @@ def weak_entries(path: str) -> list[str]:
 
 
 class Auth:
+    """The ``[auth]`` table of a squid.conf's ``auth_param basic`` lines."""
+
     def __init__(self, report: Report) -> None:
         self.report = report
         self.auth: dict[str, object] = {}

@@ -49,6 +49,7 @@ class _Converter:
         self.headers = Headers(report)
         self.peers = Peers(self.acls, report)
         self.timeouts: dict[str, float] = {}
+        self.limits: dict[str, int] = {}
         self.handlers: dict[str, Callable[[Directive], None]] = {
             "acl": self.acls.define,
             "http_access": self.access.http_access,
@@ -87,6 +88,8 @@ class _Converter:
                 self.timeouts[D.TIMEOUTS[d.name]] = V.seconds(d.args)
             except ValueError as e:
                 self.report.error(d, str(e))
+        elif d.name == "request_body_max_size":
+            self._body_size(d)
         elif d.name in D.CACHE:
             self.report.skip(d, "fwproxy does not cache")
         elif d.name in D.PROCESS:
@@ -99,6 +102,17 @@ class _Converter:
             self.report.skip(d, "no fwproxy equivalent; it changes no access decision")
         else:
             self.report.skip(d, "unknown directive")
+
+    def _body_size(self, d: Directive) -> None:
+        """``request_body_max_size N [units] [ACL...]``: ``[limits] max_body_size`` (bytes)."""
+        n = 2 if len(d.args) > 1 and d.args[1].lower() in V.SIZE_UNITS else 1
+        if d.args[n:]:
+            self.report.untranslated(d, "a body limit for some requests only")
+            return
+        try:
+            self.limits["max_body_size"] = V.size(d.args)
+        except ValueError as e:
+            self.report.error(d, str(e))
 
     def _intercept(self) -> dict[str, object]:
         """``[intercept]``, when an ``ssl_bump bump`` line was translated."""
@@ -124,6 +138,7 @@ class _Converter:
         tables: list[tuple[list[str], dict[str, object]]] = []
         tables.append((["proxy"], {"listen": self.ports.listen} if self.ports.listen else {}))
         tables.append((["timeouts"], dict(self.timeouts)))
+        tables.append((["limits"], dict(self.limits)))
         if self.access.peeks:
             tables.append((["tunnel"], {"peek_ports": [443]}))
         intercept = self._intercept()
@@ -138,6 +153,10 @@ class _Converter:
             found = self.acls.table(acl, self.access.peeks, names)
             if found is not None:
                 tables.append((["acl", fw], {found[0]: found[1]}))
+        for acl in self.access.used_host.values():
+            found = self.acls.table(acl, self.access.peeks, names)
+            if found is not None:
+                tables.append((["acl", self.acls.host_name(acl)], {"dstdomain": found[1]}))
         tables.append((["access"], {"rules": rules}))
         tables.append((["headers"], dict(self.headers.headers)))
         tables.append((["log"], dict(self.logging.log)))
@@ -173,27 +192,14 @@ def convert(path: str, *, force: bool = False, guard: bool = True) -> Conversion
     for d in directives:
         try:
             conv.directive(d)
-        except (ValueError, TypeError, KeyError, IndexError, OSError) as e:
-            report.error(d, f"cannot be converted: {e}")
+        except Exception as e:  # noqa: BLE001 - a converter bug must not become a traceback
+            report.error(d, f"cannot be converted ({type(e).__name__}: {e})")
     if report.fatal_error:
         return Conversion("", report.messages, report.errors, 1)
-    text = conv.toml(path, guard)
+    try:
+        text = conv.toml(path, guard)
+    except Exception as e:  # noqa: BLE001 - as above: one line, exit 1
+        report.fatal(f"{path}: cannot be converted ({type(e).__name__}: {e})")
+        return Conversion("", report.messages, report.errors, 1)
     code = 1 if report.errors and not force else 0
-    files = list(dict.fromkeys(d.file for d in directives))
-    return Conversion(
-        text, _in_order(report.messages, files), _in_order(report.errors, files), code
-    )
-
-
-def _in_order(lines: list[str], files: list[str]) -> list[str]:
-    """Messages sorted by file (in reading order) and line, as a reader goes through them;
-    several about one line keep the order they were found in."""
-
-    def place(line: str) -> tuple[int, int]:
-        for i, f in enumerate(files):
-            if line.startswith(f + ":"):
-                number = line[len(f) + 1 :].split(":", 1)[0]
-                return i, int(number) if number.isdigit() else 0
-        return len(files), 0
-
-    return sorted(lines, key=place)
+    return Conversion(text, report.messages, report.errors, code)

@@ -65,16 +65,12 @@ ACCESS = {
     "icap_enable": "ICAP adaptation",
     "ecap_enable": "eCAP adaptation",
     "ident_lookup_access": "ident lookups",
-    "delay_pools": "bandwidth pools ([limits] has request rates)",
-    "delay_access": "bandwidth pools ([limits] has request rates)",
     "on_unsupported_protocol": "what a peeked tunnel that is not TLS gets",
     "sslproxy_cert_error": "certificate errors of bumped connections",
     "if": "conditional configuration: convert each variant separately",
     "else": "conditional configuration: convert each variant separately",
     "endif": "conditional configuration: convert each variant separately",
-    "tcp_outgoing_address": "the outgoing address chosen by ACL",
     "reply_body_max_size": "reply size limits",
-    "request_body_max_size": "fwproxy has [limits] max_body_size for every request: set it",
 }
 
 #: known, with no fwproxy equivalent, changing no access decision
@@ -98,7 +94,10 @@ KNOWN = frozenset(
     url_rewrite_extras header_replace request_header_replace reply_header_add
     note happy_eyeballs_connect_timeout configuration_includes_quoted_values
     authenticate_ttl authenticate_ip_ttl max_user_ip authenticate_cache_garbage_interval
-    connection_auth collapsed_forwarding_access""".split()
+    connection_auth collapsed_forwarding_access delay_pools delay_class delay_access
+    delay_parameters delay_initial_bucket_level tcp_outgoing_address tcp_outgoing_tos
+    tcp_outgoing_mark client_delay_pools client_delay_parameters client_delay_access
+    hierarchy_stoplist broken_vary_encoding""".split()
 )
 
 #: ``[timeouts]`` keys of Squid's timeouts

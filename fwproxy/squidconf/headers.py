@@ -18,6 +18,8 @@ _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 
 class Headers:
+    """The ``[headers]`` table of a squid.conf's header directives."""
+
     def __init__(self, report: Report) -> None:
         self.report = report
         self.headers: dict[str, object] = {}
@@ -53,7 +55,10 @@ class Headers:
             if acls != ("all",):
                 self.report.skip(d, "allow lines for some requests only")
             return
-        if acls != ("all",) or name.lower() in ("all", "other"):
+        if name.lower() in ("all", "other"):
+            self.report.skip(d, "a list of the headers let through has no fwproxy equivalent")
+            return
+        if acls != ("all",):
             self.report.skip(d, "fwproxy removes a header from every message or none")
             return
         key = "remove_request" if d.name == "request_header_access" else "remove_response"

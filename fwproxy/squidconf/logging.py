@@ -18,6 +18,9 @@ _BUILTIN = {
 
 
 class Logging:
+    """The ``[log]`` table of a squid.conf: the first ``access_log``, its format resolved
+    against the ``logformat`` lines before it."""
+
     def __init__(self, report: Report) -> None:
         self.report = report
         self.formats: dict[str, str] = {}

@@ -126,6 +126,7 @@ def _read(
         if not tokens:
             continue
         d = Directive(path, number, tokens[0], tuple(tokens[1:]))
+        report.register(d)
         if d.name == "include":
             _include(d, report, out, depth)
         else:

@@ -26,6 +26,8 @@ TextFn = Callable[[str, list[Term]], str]
 
 
 class Peers:
+    """The ``[parents.NAME]`` tables and ``[routing] rules`` of a squid.conf."""
+
     def __init__(self, acls: Acls, report: Report) -> None:
         self.acls = acls
         self.report = report

@@ -186,3 +186,19 @@ def seconds(tokens: tuple[str, ...] | list[str], default_unit: str = "second") -
     if unit not in _UNITS or number < 0 or number != number:
         raise ValueError(f"{' '.join(tokens)!r} is not a time like '30 seconds'")
     return number * _UNITS[unit]
+
+
+SIZE_UNITS = {"bytes": 1, "byte": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3}
+
+
+def size(tokens: tuple[str, ...] | list[str]) -> int:
+    """``"10 MB"`` (Squid's size units, 1024-based; bytes when none) in bytes; ``none`` and
+    0 are no limit (0)."""
+    if len(tokens) == 1 and tokens[0].lower() == "none":
+        return 0
+    if not tokens or len(tokens) > 2 or not tokens[0].isdigit():
+        raise ValueError(f"{' '.join(tokens)!r} is not a size like '10 MB'")
+    unit = tokens[1].lower() if len(tokens) == 2 else "bytes"
+    if unit not in SIZE_UNITS:
+        raise ValueError(f"{' '.join(tokens)!r} is not a size like '10 MB'")
+    return int(tokens[0]) * SIZE_UNITS[unit]
