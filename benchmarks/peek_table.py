@@ -23,7 +23,19 @@ import statistics
 import sys
 from collections.abc import Callable
 
-from table import FLAG, FLAG_SPREAD_PCT, Raw, Summary, cell, fmt2, fmt_int, num, parse, summarize
+from table import (
+    FLAG,
+    FLAG_SPREAD_PCT,
+    Raw,
+    Summary,
+    cell,
+    fmt2,
+    fmt_int,
+    notes_lines,
+    num,
+    print_table,
+    summarize,
+)
 from table import ratio as ratio_cell
 
 #: peeking may cost this fraction of the tunnel's throughput (issue 9)
@@ -175,17 +187,9 @@ def render(raw: Raw) -> str:
             + "."
         )
     notes = raw.notes + check_notes(raw)
-    if notes:
-        out.append("")
-        out.append("Notes:")
-        out.extend(f"- {n}" for n in notes)
+    out += notes_lines(notes)
     return "\n".join(out)
 
 
-def main(path: str) -> None:
-    with open(path) as f:
-        print(render(parse(f)))
-
-
 if __name__ == "__main__":
-    main(sys.argv[1])
+    print_table(render, sys.argv[1])

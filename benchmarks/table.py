@@ -341,17 +341,20 @@ def render(raw: Raw) -> str:
         notes.insert(
             0, f"{FLAG}: some figures varied by more than {FLAG_SPREAD_PCT:.0f}% between rounds"
         )
-    if notes:
-        out.append("")
-        out.append("Notes:")
-        out.extend(f"- {n}" for n in notes)
+    out += notes_lines(notes)
     return "\n".join(out)
 
 
-def main(path: str) -> None:
+def notes_lines(notes: list[str]) -> list[str]:
+    """The "Notes:" list under a table (nothing when there are none)."""
+    return ["", "Notes:", *(f"- {n}" for n in notes)] if notes else []
+
+
+def print_table(render: Callable[[Raw], str], path: str) -> None:
+    """Print ``render`` of the raw lines in ``path`` (each table script's command line)."""
     with open(path) as f:
         print(render(parse(f)))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    print_table(render, sys.argv[1])
