@@ -24,7 +24,7 @@ from fwproxy.intercept_config import InterceptConfig
 from fwproxy.intercept_config import check as check_intercept
 from fwproxy.intercept_config import warnings as intercept_warnings
 from fwproxy.parents import Parent
-from fwproxy.proxyheader import HeaderSenders, open_listeners, parse_senders
+from fwproxy.proxyheader import HeaderSenders, any_peer_warning, open_listeners, parse_senders
 from fwproxy.relayconfig import RelayConfig, relay
 from fwproxy.routing import RoutingRule
 from fwproxy.rules import AccessPolicy
@@ -196,7 +196,11 @@ class Config:
 
     def with_listen(self, listen: Sequence[str]) -> Config:
         """This configuration listening on ``listen`` instead (``--listen`` on the command line)."""
-        return replace(self, listen=tuple(listen))
+        warnings = self.warnings
+        haproxy = open_listeners(listen)
+        if haproxy and self.proxy_protocol_from is None:
+            warnings += (any_peer_warning("--listen", haproxy[0]),)
+        return replace(self, listen=tuple(listen), warnings=warnings)
 
     @property
     def builtin_filters(self) -> tuple[FilterSpec, ...]:
@@ -362,11 +366,7 @@ def _senders(
         haproxy = open_listeners(listen)
         if not haproxy:
             return ""
-        return (
-            f"{source}: proxy.listen: {haproxy[0]!r} accepts a PROXY header from any peer, which "
-            "may then claim any client address: set proxy.proxy_protocol_from (the balancers' "
-            "networks)"
-        )
+        return any_peer_warning(f"{source}: proxy.listen:", haproxy[0])
     values = proxy["proxy_protocol_from"]
     if not isinstance(values, list):
         p.add(key, 'expected a list of networks like ["10.0.0.0/24"] ([]: no peer may)')

@@ -69,6 +69,15 @@ def open_listeners(listen: Iterable[str]) -> list[str]:
     return [d for d in listen if d.startswith("haproxy:")]
 
 
+def any_peer_warning(where: str, listener: str) -> str:
+    """The warning about ``listener`` (a ``haproxy:`` endpoint) without ``proxy_protocol_from``;
+    ``where`` names the file and key, or the command-line option, that configured it."""
+    return (
+        f"{where} {listener!r} accepts a PROXY header from any peer, which may then claim any "
+        "client address: set proxy.proxy_protocol_from (the balancers' networks)"
+    )
+
+
 class SenderLog:
     """Counts the connections closed because their peer may not send a PROXY header, and logs
     each peer at most once per :data:`LOG_INTERVAL`.

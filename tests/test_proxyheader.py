@@ -108,6 +108,11 @@ def test_a_haproxy_listener_without_the_key_takes_any_peer_with_a_warning() -> N
     ]
     plain = loads('[proxy]\nlisten = ["tcp:3128"]\n')
     assert not [w for w in plain.warnings if "PROXY header" in w]
+    # --listen on the command line (the ECS task's) warns too
+    [w] = [w for w in plain.with_listen(["haproxy:tcp:3128"]).warnings if "PROXY header" in w]
+    assert w.startswith("--listen 'haproxy:tcp:3128' accepts a PROXY header from any peer")
+    listed = loads("[proxy]\nproxy_protocol_from = []\n").with_listen(["haproxy:tcp:3128"])
+    assert not [w for w in listed.warnings if "PROXY header" in w]
 
 
 def test_bad_values_are_reported_with_file_and_line() -> None:
