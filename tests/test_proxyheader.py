@@ -16,6 +16,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import globalLogPublisher
 
 from fwproxy.config import ConfigError, loads
 from fwproxy.factory import ProxyFactory
@@ -75,8 +76,6 @@ def test_refusals_are_counted_and_logged_once_per_peer_per_minute(
 
 @pytest.fixture
 def caplog_events() -> Iterator[list[dict[str, Any]]]:
-    from twisted.logger import globalLogPublisher
-
     events: list[dict[str, Any]] = []
 
     def observe(event: dict[str, Any]) -> None:
