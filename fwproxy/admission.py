@@ -6,7 +6,9 @@ what the file-descriptor limit allows) and the connections of each client addres
 (``limits.max_connections_per_client``). A connection over a limit is answered ``503`` and
 closed before anything of it is read. Behind a PROXY-protocol listener the real client is known
 only once its header has arrived: the connection is then counted again, against that address.
-Refusals are logged at most once every ten seconds, with the count so far.
+Refusals are logged at most once every ten seconds, with the count so far. A PROXY-protocol
+listener's peer that may not send the header (``[proxy] proxy_protocol_from``,
+:mod:`fwproxy.proxyheader`) is closed before anything of it is read: :meth:`Admission.may_send_header`.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.logger import Logger
+
+from fwproxy.proxyheader import HeaderSenders, SenderLog
 
 log = Logger()
 
@@ -66,6 +70,8 @@ class Admission:
         self.refused = 0
         self._logged = -1e9
         self._idle = idle
+        #: the peers refused a PROXY header (counted, logged once per peer per minute)
+        self.senders = SenderLog(clock)
         self.configure(max_connections, max_per_client)
 
     def configure(self, max_connections: int, max_per_client: int) -> None:
@@ -80,6 +86,11 @@ class Admission:
             return self._refuse("too many connections")
         self.connections.add(conn)
         return self._count(conn, client)
+
+    def may_send_header(self, peer: str, senders: HeaderSenders | None) -> bool:
+        """Whether the TCP peer ``peer`` of a PROXY-protocol listener may send its header
+        (``senders``: ``[proxy] proxy_protocol_from``; ``None``: any peer may)."""
+        return self.senders.check(senders, peer)
 
     def recount(self, conn: Any, client: str) -> bytes | None:
         """The connection's real client is ``client`` (a PROXY-protocol header said so)."""

@@ -24,6 +24,7 @@ from fwproxy.intercept_config import InterceptConfig
 from fwproxy.intercept_config import check as check_intercept
 from fwproxy.intercept_config import warnings as intercept_warnings
 from fwproxy.parents import Parent
+from fwproxy.proxyheader import HeaderSenders, any_peer_warning, open_listeners, parse_senders
 from fwproxy.relayconfig import RelayConfig, relay
 from fwproxy.routing import RoutingRule
 from fwproxy.rules import AccessPolicy
@@ -185,6 +186,9 @@ class Config:
     routing: tuple[RoutingRule, ...] = ()
     #: ``[proxy] watch_config``: reload when the file changes (a ConfigMap's symlink swap)
     watch_config: bool = False
+    #: ``[proxy] proxy_protocol_from``: the peers that may send a PROXY-protocol header to a
+    #: ``haproxy:`` listener (``None``, the key absent: any peer, with a warning)
+    proxy_protocol_from: HeaderSenders | None = None
     admin: AdminConfig = AdminConfig()
     intercept: InterceptConfig | None = None
     source: str = DEFAULT_NAME
@@ -192,7 +196,11 @@ class Config:
 
     def with_listen(self, listen: Sequence[str]) -> Config:
         """This configuration listening on ``listen`` instead (``--listen`` on the command line)."""
-        return replace(self, listen=tuple(listen))
+        warnings = self.warnings
+        haproxy = open_listeners(listen)
+        if haproxy and self.proxy_protocol_from is None:
+            warnings += (any_peer_warning("--listen", haproxy[0]),)
+        return replace(self, listen=tuple(listen), warnings=warnings)
 
     @property
     def builtin_filters(self) -> tuple[FilterSpec, ...]:
@@ -268,6 +276,11 @@ def parse(data: Mapping[str, Any], source: str = DEFAULT_NAME, text: str = "") -
     watch = check.boolean(p, "proxy.watch_config", check.table(p, data, "proxy"))
     if watch is not None:
         kwargs["watch_config"] = watch
+    senders = _senders(p, check.table(p, data, "proxy"), listen, source)
+    if isinstance(senders, str):
+        warning = senders
+    else:
+        kwargs["proxy_protocol_from"], warning = senders, ""
     for key, cls in (("timeouts", Timeouts), ("limits", Limits), ("pool", PoolConfig)):
         kwargs[key] = cls(**check.numbers(p, key, check.table(p, data, key), cls))
     if "upgrade_idle" not in check.table(p, data, "timeouts"):
@@ -280,6 +293,8 @@ def parse(data: Mapping[str, Any], source: str = DEFAULT_NAME, text: str = "") -
     kwargs["acls"] = acls
     kwargs["access"] = check.access(p, check.table(p, data, "access"), acls)
     kwargs["warnings"] = tuple(check.warnings(source, kwargs["access"]))
+    if warning:
+        kwargs["warnings"] += (warning,)
     here = None if source == DEFAULT_NAME else os.path.dirname(os.path.abspath(source))
     if "auth" in data:
         fields = list(AuthConfig.__dataclass_fields__)
@@ -325,7 +340,7 @@ def parse(data: Mapping[str, Any], source: str = DEFAULT_NAME, text: str = "") -
 
 def _listen(p: Problems, proxy: Mapping[str, Any]) -> tuple[str, ...]:
     """``[proxy] listen``: every endpoint string that is not valid is reported."""
-    check.unknown(p, "proxy", proxy, ("listen", "watch_config"))
+    check.unknown(p, "proxy", proxy, ("listen", "watch_config", "proxy_protocol_from"))
     if "listen" not in proxy:
         return ()
     listen = proxy["listen"]
@@ -339,6 +354,27 @@ def _listen(p: Problems, proxy: Mapping[str, Any]) -> tuple[str, ...]:
         if err:
             p.add("proxy.listen", f"{s!r} is not a valid endpoint: {err}", ("proxy", "listen", i))
     return tuple(listen)
+
+
+def _senders(
+    p: Problems, proxy: Mapping[str, Any], listen: Sequence[str], source: str
+) -> HeaderSenders | str:
+    """``[proxy] proxy_protocol_from``, or (the key absent) the warning to give if a
+    ``haproxy:`` listener then takes a PROXY header from any peer ("" if none does)."""
+    key = "proxy.proxy_protocol_from"
+    if "proxy_protocol_from" not in proxy:
+        haproxy = open_listeners(listen)
+        if not haproxy:
+            return ""
+        return any_peer_warning(f"{source}: proxy.listen:", haproxy[0])
+    values = proxy["proxy_protocol_from"]
+    if not isinstance(values, list):
+        p.add(key, 'expected a list of networks like ["10.0.0.0/24"] ([]: no peer may)')
+        return HeaderSenders()
+    senders, problems = parse_senders(values)
+    for i, message in problems:
+        p.add(key, message, ("proxy", "proxy_protocol_from", i))
+    return senders
 
 
 def _admin(p: Problems, section: Mapping[str, Any], directory: str | None) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 """A client connection's plumbing, under the HTTP of :mod:`fwproxy.protocol`.
 
 :class:`ClientConnectionBase` counts the connection in and out (:mod:`fwproxy.admission`), learns
-the client's final address from its first bytes (behind a PROXY-protocol listener) and runs the
+the client's final address from its first bytes (behind a PROXY-protocol listener, whose TCP
+peer must first be one that may send the header: ``[proxy] proxy_protocol_from``) and runs the
 connection filters then (:mod:`fwproxy.gate`), pauses and resumes reading from the client by
 named reasons (queued events, a full upstream write buffer, a pending filter, a pending
 connection filter: reading resumes only when none is left), writes, and closes. The HTTP side
@@ -25,6 +26,7 @@ from fwproxy.admission import Admission
 from fwproxy.contracts import PauseReason, ProxyServices, RawHandler, Stream
 from fwproxy.gate import ConnectionGate
 from fwproxy.timer import Deadline
+from fwproxy.twisted_private import reads_proxy_header
 
 _REASONS: dict[str, int] = {"queue": 1, "upstream": 2, "filter": 4, "connection-filter": 8}
 
@@ -105,6 +107,13 @@ class ClientConnectionBase(Protocol):
             self.transport.setTcpNoDelay(True)
         except (AttributeError, OSError):
             pass
+        if type(self.transport) is not tcp.Server and reads_proxy_header(self.transport):
+            # the peer before its PROXY header: a balancer, or someone claiming any address
+            senders = self.proxy.config.proxy_protocol_from
+            if not self.admission.may_send_header(self.client[0], senders):
+                self._closing = True
+                self.transport.abortConnection()  # nothing read, nothing sent (as squid)
+                return
         refusal = self.admission.admit(self, self.client[0])
         if refusal is not None:
             self._refuse(refusal)

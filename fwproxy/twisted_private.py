@@ -9,6 +9,8 @@ in the proxy. Where a public way to get the same answer exists the accessor fall
 right), :func:`tcp_listen_args` and :func:`endpoint_port` listen on a ``MemoryReactor`` and read
 what it recorded. :func:`forget_exit_signal` has no public equivalent: without the attribute it
 does nothing, and ``twistd`` exits with the signal's status instead of 0.
+:func:`reads_proxy_header` knows the class of Twisted's PROXY-protocol wrapper, from a private
+module; without it, it compares the class's name.
 """
 
 from __future__ import annotations
@@ -146,6 +148,26 @@ def recorded_endpoint_port(endpoint: IStreamServerEndpoint) -> int | None:
         return None
     port = getattr(result[0].getHost(), "port", None)
     return port if isinstance(port, int) else None
+
+
+# -- the PROXY-protocol wrapper (fwproxy.connection) -----------------------------------------
+
+#: the module and class of the transport a ``haproxy:`` listener gives its protocol (the
+#: package exports only ``proxyEndpoint``)
+PROXY_WRAPPER = ("twisted.protocols.haproxy._wrapper", "HAProxyProtocolWrapper")
+
+try:
+    from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper as _ProxyWrapper
+except ImportError:  # pragma: no cover - a Twisted that moved it: compare names instead
+    _ProxyWrapper = None  # type: ignore[assignment,misc]
+
+
+def reads_proxy_header(transport: object) -> bool:
+    """Whether ``transport`` is Twisted's PROXY-protocol wrapper (a ``haproxy:`` listener's
+    connection: its ``getPeer()`` is the TCP peer until the header has been read)."""
+    if _ProxyWrapper is not None:
+        return isinstance(transport, _ProxyWrapper)
+    return type(transport).__name__ == PROXY_WRAPPER[1]
 
 
 # -- the signal twistd re-raises at exit (fwproxy.service) ------------------------------------

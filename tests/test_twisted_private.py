@@ -6,6 +6,7 @@ does without it."""
 
 from __future__ import annotations
 
+import importlib
 import signal
 import socket
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ import pytest
 from twisted.copyright import version as twisted_version
 from twisted.internet import interfaces, tcp
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.selectreactor import SelectReactor
 from twisted.internet.testing import MemoryReactor
 
@@ -208,3 +209,31 @@ def test_forget_exit_signal_keeps_other_signals(real_reactor) -> None:
     assert not forget_exit_signal(real_reactor, (signal.SIGTERM,))
     assert real_reactor._exitSignal == signal.SIGINT
     assert not forget_exit_signal(object(), (signal.SIGTERM,))  # a reactor without the attribute
+
+
+# -- reads_proxy_header (fwproxy.connection) ----------------------------------------------------
+
+
+def test_proxy_wrapper_class_is_where_fwproxy_looks() -> None:
+    module, name = twisted_private.PROXY_WRAPPER
+    found = getattr(importlib.import_module(module), name, None)
+    assert found is not None, _gone(
+        module, name, "reads_proxy_header compares class names, and proxy_protocol_from may fail"
+    )
+
+
+def test_a_haproxy_listeners_protocol_sees_the_wrapper(server) -> None:
+    reactor = MemoryReactor()
+    seen: list[object] = []
+
+    class Seeing(Protocol):
+        def connectionMade(self) -> None:
+            seen.append(self.transport)
+
+    serverFromString(reactor, "haproxy:tcp:3130").listen(Factory.forProtocol(Seeing))
+    factory = reactor.tcpServers[-1][1]
+    tcp_transport, _ = server
+    wrapper = factory.buildProtocol(("127.0.0.1", 1))
+    wrapper.makeConnection(tcp_transport)
+    assert twisted_private.reads_proxy_header(seen[0])
+    assert not twisted_private.reads_proxy_header(tcp_transport)

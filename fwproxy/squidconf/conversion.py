@@ -24,6 +24,7 @@ from fwproxy.squidconf.logging import Logging
 from fwproxy.squidconf.parse import Directive, read_directives
 from fwproxy.squidconf.peers import Peers
 from fwproxy.squidconf.ports import Ports
+from fwproxy.squidconf.proxyproto import ProxyProtocolAccess, localport_notes
 from fwproxy.squidconf.report import Report
 
 
@@ -48,6 +49,7 @@ class _Converter:
         self.auth = Auth(report)
         self.headers = Headers(report)
         self.peers = Peers(self.acls, report)
+        self.proxy_protocol = ProxyProtocolAccess(self.acls, report)
         self.timeouts: dict[str, float] = {}
         self.limits: dict[str, int] = {}
         self.handlers: dict[str, Callable[[Directive], None]] = {
@@ -55,6 +57,7 @@ class _Converter:
             "http_access": self.access.http_access,
             "ssl_bump": self.access.ssl_bump,
             "http_port": self.ports.port,
+            "proxy_protocol_access": self.proxy_protocol.access,
             "https_port": self.ports.port,
             "access_log": self.logging.access_log,
             "cache_access_log": self.logging.access_log,
@@ -135,8 +138,13 @@ class _Converter:
         self.access.can_intercept = can_intercept()
         rules = self.access.rules(guard, names)
         routing = self.peers.rules(self.access.words)
+        localport_notes(self.report, self.access.used.values(), self.ports.proxied)
+        proxy: dict[str, object] = {"listen": self.ports.listen} if self.ports.listen else {}
+        senders = self.proxy_protocol.senders(self.ports.proxied, names)
+        if senders is not None:
+            proxy["proxy_protocol_from"] = senders
         tables: list[tuple[list[str], dict[str, object]]] = []
-        tables.append((["proxy"], {"listen": self.ports.listen} if self.ports.listen else {}))
+        tables.append((["proxy"], proxy))
         tables.append((["timeouts"], dict(self.timeouts)))
         tables.append((["limits"], dict(self.limits)))
         if self.access.peeks:

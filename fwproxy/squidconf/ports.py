@@ -32,6 +32,8 @@ class Ports:
         self.names: dict[str, int] = {}
         #: the CA file of an ``ssl-bump`` port (``tls-cert=``), if any
         self.bump_cert = ""
+        #: the ``require-proxy-header`` ports (their PROXY senders: ``proxy_protocol_access``)
+        self.proxied: list[Directive] = []
 
     def port(self, d: Directive) -> None:
         if not d.args:
@@ -64,6 +66,7 @@ class Ports:
                 return
         if "require-proxy-header" in options:
             endpoint = "haproxy:" + endpoint
+            self.proxied.append(d)
         for o in options:
             if o not in ("name", "require-proxy-header", "tls-cert", "cert", "tls-key", "key"):
                 if o in _IGNORED:

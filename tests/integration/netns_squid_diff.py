@@ -450,7 +450,11 @@ def main(repo: str, work_dir: str, corpus_dir: str, names: list[str]) -> None:
                     for p, sq, fp in zip(probes, squid, fw, strict=True):
                         f.write(f"{sq}\t{fp}\t{p.label()}\n")
                 run["disagreements"], run["known"] = compare(probes, squid, fw, text)
-                run["unanswered"] = sum(1 for s, f in zip(squid, fw, strict=True) if not s or not f)
+                run["unanswered"] = [
+                    {"request": p.label(), "squid": s, "fwproxy": f}
+                    for p, s, f in zip(probes, squid, fw, strict=True)
+                    if not s or not f
+                ]
                 run["denied_by_squid"] = sum(1 for s in squid if denied(s))
             entry["runs"][label] = run
             table(conf.name, label, run)
