@@ -95,7 +95,7 @@ class ProxyFactory(Factory):
         self.config = config
         self.reactor = reactor
         #: this proxy's metrics (fwproxy.metrics), counted as transactions finish
-        self.metrics = ProxyMetrics(self._gauges)
+        self.metrics = ProxyMetrics(self._gauges, lambda: self.admission.senders.refused)
         self.resolver = TimedResolver(
             resolver if resolver is not None else ReactorResolver(reactor), reactor, self.metrics
         )

@@ -161,10 +161,19 @@ class ProxyMetrics:
     """A proxy's numbers.
 
     :param gauges: returns ``(connections open, tunnels open)``, called at scrape time.
+    :param header_refusals: returns the connections refused for sending a PROXY header they
+        may not send, called at scrape time.
     """
 
-    def __init__(self, gauges: Callable[[], tuple[int, int]] | None = None) -> None:
+    def __init__(
+        self,
+        gauges: Callable[[], tuple[int, int]] | None = None,
+        header_refusals: Callable[[], int] | None = None,
+    ) -> None:
         self.gauges = gauges if gauges is not None else lambda: (0, 0)
+        #: connections closed because their peer may not send a PROXY header (read at scrape
+        #: time from the admission's count: see fwproxy.proxyheader)
+        self.header_refusals = header_refusals if header_refusals is not None else lambda: 0
         #: (result, method) -> transactions
         self.transactions: dict[tuple[str, str], int] = {}
         self.denials: dict[str, int] = {}
@@ -218,6 +227,12 @@ class ProxyMetrics:
             yield family
         for attr, name, doc in TOTALS:
             yield CounterMetricFamily(name, doc, value=getattr(self, attr))
+        yield CounterMetricFamily(
+            "fwproxy_proxy_header_refused",
+            "Connections to a haproxy: listener closed unread because their peer may not send a "
+            "PROXY header (proxy.proxy_protocol_from).",
+            value=self.header_refusals(),
+        )
         for attr, name, doc in HISTOGRAMS:
             h: Histogram = getattr(self, attr)
             yield HistogramMetricFamily(name, doc, buckets=h.cumulative(), sum_value=h.sum)

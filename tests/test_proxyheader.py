@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import generate_latest
 from support.proxyproc import ProxyLauncher, free_port
 from twisted.internet.address import IPv4Address
 from twisted.internet.endpoints import serverFromString
@@ -20,6 +21,7 @@ from twisted.logger import globalLogPublisher
 
 from fwproxy.config import ConfigError, loads
 from fwproxy.factory import ProxyFactory
+from fwproxy.metrics import registry_of
 from fwproxy.proxyheader import LOG_INTERVAL, HeaderSenders, SenderLog, parse_senders
 
 HEADER = b"PROXY TCP4 192.0.2.7 127.0.0.1 5555 3130\r\n"
@@ -162,6 +164,13 @@ def test_a_peer_not_listed_is_closed_before_anything_is_read() -> None:
     assert factory.admission.senders.refused == 1
     wrapper.connectionLost(None)
     assert not factory.connections
+
+
+def test_refused_peers_are_counted_on_the_metrics_page() -> None:
+    _, _, factory = connect(FROM_LOOPBACK, "127.0.0.2")
+    connect(FROM_LOOPBACK, "127.0.0.1")  # another proxy: its count is its own
+    text = generate_latest(registry_of(factory.metrics)).decode()
+    assert "fwproxy_proxy_header_refused_total 1.0" in text.splitlines()
 
 
 def test_an_empty_list_closes_every_peer_and_no_key_closes_none() -> None:
