@@ -32,6 +32,8 @@ class Ports:
         self.names: dict[str, int] = {}
         #: the CA file of an ``ssl-bump`` port (``tls-cert=``), if any
         self.bump_cert = ""
+        #: a translated port has ``ssl-bump`` (Squid's ``ssl_bump`` applies to no other port)
+        self.bumping = False
         #: the ``require-proxy-header`` ports (their PROXY senders: ``proxy_protocol_access``)
         self.proxied: list[Directive] = []
 
@@ -53,6 +55,7 @@ class Ports:
             return
         self.names[options.get("name") or d.args[0]] = port
         if "ssl-bump" in options:
+            self.bumping = True
             self.bump_cert = options.get("tls-cert") or options.get("cert") or self.bump_cert
         if m["v6"]:
             endpoint = f"tcp6:{port}:interface=" + m["v6"].replace(":", "\\:")
