@@ -136,6 +136,7 @@ class _Converter:
     def toml(self, source: str, guard: bool) -> str:
         names = self.ports.names
         self.access.can_intercept = can_intercept()
+        self.access.has_auth = "htpasswd" in self.auth.auth
         if self.ports.listen and not self.ports.bumping:
             for line in self.access.bump:
                 self.report.skip(
