@@ -137,7 +137,7 @@ class _Converter:
         names = self.ports.names
         self.access.can_intercept = can_intercept()
         self.access.has_auth = "htpasswd" in self.auth.auth
-        if self.ports.listen and not self.ports.bumping:
+        if self.ports.seen and not self.ports.bumping:
             for line in self.access.bump:
                 self.report.skip(
                     line.where,

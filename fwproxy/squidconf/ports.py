@@ -34,10 +34,13 @@ class Ports:
         self.bump_cert = ""
         #: a translated port has ``ssl-bump`` (Squid's ``ssl_bump`` applies to no other port)
         self.bumping = False
+        #: the file has ``http_port``/``https_port`` lines (translated or not)
+        self.seen = False
         #: the ``require-proxy-header`` ports (their PROXY senders: ``proxy_protocol_access``)
         self.proxied: list[Directive] = []
 
     def port(self, d: Directive) -> None:
+        self.seen = True
         if not d.args:
             self.report.error(d, "names no port")
             return
