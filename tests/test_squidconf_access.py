@@ -175,3 +175,36 @@ def test_server_name_in_http_access_is_the_connect_host(tmp_path: Path) -> None:
         "deny all",
     ]
     config(result)
+
+
+def test_ssl_bump_without_an_ssl_bump_port_decides_nothing(tmp_path: Path) -> None:
+    # Squid applies ssl_bump only to CONNECTs on ssl-bump ports: a plain http_port tunnels them
+    result = run(
+        tmp_path,
+        "http_port 3128\nacl localnet src 10.0.0.0/8\nacl step1 at_step SslBump1\n"
+        "ssl_bump peek step1 all\nssl_bump terminate all\n"
+        "http_access allow localnet\nhttp_access deny all\n",
+    )
+    assert result.exit_code == 0, result.messages
+    assert rules(result) == [*FLOOR, "allow localnet", "deny all"]
+    assert "tunnel" not in data(result)
+    assert any(
+        ":5: ssl_bump: not translated (no translated http_port has ssl-bump" in m
+        for m in result.messages
+    )
+    config(result)
+
+
+def test_ssl_bump_of_an_intercepting_port_is_not_translated(tmp_path: Path) -> None:
+    # the ssl-bump port intercepts (not translated): fwproxy's port must not bump instead
+    result = run(
+        tmp_path,
+        "https_port 3130 intercept ssl-bump cert=/etc/squid/ca.pem\n"
+        "acl localnet src 10.0.0.0/8\nacl step1 at_step SslBump1\n"
+        "ssl_bump peek step1 all\nssl_bump bump all\n"
+        "http_access allow localnet\nhttp_access deny all\n",
+    )
+    assert "intercept" not in data(result)
+    assert any(
+        ":5: ssl_bump: not translated (no translated http_port" in m for m in result.messages
+    )

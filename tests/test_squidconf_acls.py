@@ -277,3 +277,42 @@ def test_unknown_acl_type_is_an_error_where_defined(tmp_path: Path) -> None:
     result = run(tmp_path, "acl a SRC 10.0.0.0/8\nhttp_access allow localhost\n")
     assert result.exit_code == 1
     assert "'SRC' is not an ACL type (Squid refuses to start)" in result.errors[0]
+
+
+def test_squid6_builtin_to_linklocal_used_without_definition(tmp_path: Path) -> None:
+    # Squid 6's default squid.conf says "http_access deny to_linklocal" without an acl line:
+    # a built-in there (cf.data.pre: dst 169.254.0.0/16 fe80::/10), not an undefined name
+    result = run(
+        tmp_path,
+        "http_access deny to_localhost\nhttp_access deny to_linklocal\n"
+        "http_access allow localhost\nhttp_access deny all\n",
+    )
+    assert result.exit_code == 0, result.messages
+    assert acl(result, "squid_to_linklocal") == {"dst": ["169.254.0.0/16", "fe80::/10"]}
+    assert rules(result) == [*FLOOR, "deny squid_to_linklocal", "allow localhost", "deny all"]
+    config(result)
+
+
+def test_proxy_auth_without_translated_auth_is_not_translated(tmp_path: Path) -> None:
+    # NTLM (or no auth_param at all) leaves no [auth]: a rule using proxy_auth cannot load
+    result = run(
+        tmp_path,
+        "auth_param ntlm program /usr/bin/ntlm_auth\nacl auth proxy_auth REQUIRED\n"
+        "http_access deny !auth\nhttp_access allow localhost\n",
+    )
+    assert result.exit_code == 1
+    assert any(
+        m.endswith(
+            ":3: http_access: not translated (ACL 'auth' is proxy_auth, and no auth_param "
+            "basic was translated)"
+        )
+        for m in result.errors
+    )
+    forced = run(
+        tmp_path,
+        "auth_param ntlm program /usr/bin/ntlm_auth\nacl auth proxy_auth REQUIRED\n"
+        "http_access deny !auth\nhttp_access allow localhost\n",
+        force=True,
+    )
+    assert rules(forced) == [*FLOOR, "allow localhost", "deny all"]
+    config(forced)

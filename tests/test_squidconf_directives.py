@@ -74,6 +74,16 @@ def test_access_log(tmp_path: Path, lines: str, log: dict[str, str]) -> None:
     config(result)
 
 
+def test_access_log_acl_that_is_no_format_name(tmp_path: Path) -> None:
+    # Squid reads a first word that names no log format as the first ACL (cache_cf.cc)
+    result = run(tmp_path, "access_log /var/log/squid/access.log !CONNECT\n" + ALLOW)
+    assert data(result)["log"] == {"access": "/var/log/squid/access.log", "format": "squid"}
+    assert not any("unknown log format" in m for m in result.messages)
+    assert any(
+        "logging only some requests (!CONNECT): fwproxy logs all" in m for m in result.messages
+    )
+
+
 def test_custom_format_is_noted(tmp_path: Path) -> None:
     result = run(tmp_path, "logformat mine %ts %>a %ru\naccess_log /tmp/m.log mine\n" + ALLOW)
     assert any(

@@ -74,6 +74,8 @@ class Access:
         self.used_host: dict[str, AclDef] = {}
         #: this fwproxy has ``[intercept]`` (bumping): ``ssl_bump bump`` is translated
         self.can_intercept = False
+        #: an ``[auth]`` table was translated (``proxy_auth`` ACLs need one)
+        self.has_auth = False
         #: the ``[intercept] rules`` (filled by :meth:`rules` when there is a bump line)
         self.intercept: list[str] = []
 
@@ -113,6 +115,11 @@ class Access:
                 what = "an ssl_bump step" if acl.kind else f"Squid's {acl.squid_type!r} ACL type"
                 self.report.untranslated(
                     d, f"ACL {acl.name!r} is {what}, which fwproxy has no equivalent of"
+                )
+                ok = False
+            elif acl.kind == "proxy_auth" and not self.has_auth:
+                self.report.untranslated(
+                    d, f"ACL {acl.name!r} is proxy_auth, and no auth_param basic was translated"
                 )
                 ok = False
             elif self.acls.table(acl, self.peeks, port_names) is None:

@@ -150,7 +150,13 @@ class Acls:
             acl.nocase.append(nocase)
 
     def lookup(self, name: str) -> AclDef | None:
-        return self.defs.get(name.lower())
+        key = name.lower()
+        if key == "to_linklocal" and key not in self.defs:
+            # Squid 6's built-in (Squid 5 has none): used, never defined in the file
+            acl = AclDef("to_linklocal", "dst", "dst", None, builtin=True)
+            self._add_values(acl, ["169.254.0.0/16", "fe80::/10"], None)
+            self.defs[key] = acl
+        return self.defs.get(key)
 
     def fw_name(self, acl: AclDef) -> str:
         """The name ``acl`` has in the converted file (chosen once)."""

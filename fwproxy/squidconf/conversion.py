@@ -136,6 +136,15 @@ class _Converter:
     def toml(self, source: str, guard: bool) -> str:
         names = self.ports.names
         self.access.can_intercept = can_intercept()
+        self.access.has_auth = "htpasswd" in self.auth.auth
+        if self.ports.seen and not self.ports.bumping:
+            for line in self.access.bump:
+                self.report.skip(
+                    line.where,
+                    "no translated http_port has ssl-bump: Squid "
+                    "applies ssl_bump to no CONNECT here",
+                )
+            self.access.bump, self.access.peeks = [], False
         rules = self.access.rules(guard, names)
         routing = self.peers.rules(self.access.words)
         localport_notes(self.report, self.access.used.values(), self.ports.proxied)

@@ -53,8 +53,8 @@ class Logging:
         self.log["access"] = target
         rest = list(d.args[1:])
         fmt = "squid"
-        if rest and "=" not in rest[0]:
-            fmt = rest.pop(0)
+        if rest and "=" not in rest[0] and (rest[0] in _BUILTIN or rest[0] in self.formats):
+            fmt = rest.pop(0)  # any other word is the first ACL, as in Squid
         for a in list(rest):
             if a.startswith("logformat="):
                 fmt = a.split("=", 1)[1]

@@ -32,10 +32,15 @@ class Ports:
         self.names: dict[str, int] = {}
         #: the CA file of an ``ssl-bump`` port (``tls-cert=``), if any
         self.bump_cert = ""
+        #: a translated port has ``ssl-bump`` (Squid's ``ssl_bump`` applies to no other port)
+        self.bumping = False
+        #: the file has ``http_port``/``https_port`` lines (translated or not)
+        self.seen = False
         #: the ``require-proxy-header`` ports (their PROXY senders: ``proxy_protocol_access``)
         self.proxied: list[Directive] = []
 
     def port(self, d: Directive) -> None:
+        self.seen = True
         if not d.args:
             self.report.error(d, "names no port")
             return
@@ -53,6 +58,7 @@ class Ports:
             return
         self.names[options.get("name") or d.args[0]] = port
         if "ssl-bump" in options:
+            self.bumping = True
             self.bump_cert = options.get("tls-cert") or options.get("cert") or self.bump_cert
         if m["v6"]:
             endpoint = f"tcp6:{port}:interface=" + m["v6"].replace(":", "\\:")
