@@ -133,8 +133,35 @@ def test_parents_and_routing(tmp_path: Path) -> None:
     }
     assert data(result)["routing"]["rules"] == [
         "direct localhost",
-        "parent corp intranet",
+        # an intranet request may use both (corp first, 10.0.0.9 when corp fails), as in Squid
+        "parent corp,peer_10.0.0.9 intranet",
         "parent peer_10.0.0.9 all",
+    ]
+    config(result)
+
+
+def test_restricted_parents_fail_over_to_each_other_where_both_are_allowed(
+    tmp_path: Path,
+) -> None:
+    # Squid tries every parent a request may use, in cache_peer order: a request allowed to
+    # both must get both, one allowed to one only that one
+    result = run(
+        tmp_path,
+        "acl eu dstdomain .eu.example\nacl api dstdomain .api.example\n"
+        "cache_peer one.example parent 3128 0 name=one\n"
+        "cache_peer two.example parent 3128 0 name=two\n"
+        "cache_peer_access one allow eu\ncache_peer_access one allow api\n"
+        "cache_peer_access two allow api\n"
+        "never_direct allow all\n" + ALLOW,
+    )
+    assert result.exit_code == 0, result.messages
+    assert data(result)["routing"]["rules"] == [
+        "parent one,two eu api",
+        "parent one,two api",
+        "parent one eu",
+        "parent one api",
+        "parent two api",
+        "parent one,two all",
     ]
     config(result)
 

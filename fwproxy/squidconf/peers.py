@@ -11,6 +11,8 @@ never whether it is allowed.
 
 from __future__ import annotations
 
+import itertools
+import math
 import re
 from collections.abc import Callable
 
@@ -20,6 +22,10 @@ from fwproxy.squidconf.parse import Directive
 from fwproxy.squidconf.report import Report
 
 _NAME = re.compile(r"[^A-Za-z0-9_.-]")
+
+#: at most this many routing rules for the combinations of restricted peers (see
+#: :meth:`Peers._restricted`)
+MAX_COMBINATIONS = 64
 
 #: writes a routing rule: its start ("direct", "parent NAME") and its ACL terms
 TextFn = Callable[[str, list[Term]], str]
@@ -125,14 +131,16 @@ class Peers:
     def rules(self, text: TextFn) -> list[str]:
         out = [text("direct", line.terms) for line in self.always]
         free = [fw for squid, fw in self.fw_names.items() if squid not in self.access]
+        allows: dict[str, list[Line]] = {}
         for squid, lines in self.access.items():
             for line in lines:
                 if line.action == "allow":
-                    out.append(text("parent " + self.fw_names[squid], line.terms))
+                    allows.setdefault(squid, []).append(line)
                 else:
                     self.report.skip(
                         line.where, "deny lines: the peer is used where an allow line matches"
                     )
+        out += self._restricted(allows, text)
         if self.never and not self.parents:
             for line in self.never:
                 self.report.untranslated(
@@ -147,4 +155,38 @@ class Peers:
                 self.first,
                 "without never_direct Squid goes direct when its parents fail; fwproxy does not",
             )
+        return out
+
+    def _restricted(self, allows: dict[str, list[Line]], text: TextFn) -> list[str]:
+        """The rules of the peers ``cache_peer_access`` restricts: Squid tries every peer a
+        request is allowed to use, in ``cache_peer`` order (the next when one fails), so each
+        set of peers whose lines match together is one rule listing them all (with the
+        unrestricted peers), the largest sets first — first-match then picks exactly the
+        peers Squid would. Over ``MAX_COMBINATIONS`` sets, each line is a rule of its own
+        peer (noted: no failover between restricted peers)."""
+        order = [squid for squid in self.fw_names if squid in allows]
+        free = [squid for squid in self.fw_names if squid not in self.access]
+        choices: list[list[Line | None]] = [[*allows[squid], None] for squid in order]
+        if math.prod(len(c) for c in choices) - 1 > MAX_COMBINATIONS:
+            first = allows[order[0]][0]
+            self.report.note(
+                first.where,
+                f"over {MAX_COMBINATIONS} combinations of cache_peer_access lines: each line is "
+                "a rule for its own peer, so a request does not fail over between them",
+            )
+            return [
+                text("parent " + self.fw_names[squid], line.terms)
+                for squid in order
+                for line in allows[squid]
+            ]
+        picks = [p for p in itertools.product(*choices) if any(line is not None for line in p)]
+        picks.sort(key=lambda p: -sum(line is not None for line in p))  # stable: file order
+        out = []
+        for pick in picks:
+            chosen = {squid for squid, line in zip(order, pick, strict=True) if line is not None}
+            names = [fw for squid, fw in self.fw_names.items() if squid in chosen or squid in free]
+            terms: list[Term] = []
+            for line in pick:
+                terms += [t for t in line.terms if t not in terms] if line is not None else []
+            out.append(text("parent " + ",".join(names), terms))
         return out
