@@ -16,6 +16,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
 from fwproxy.config import ConfigError, loads
+from fwproxy.filters.redact import RedactFilter, RedactSpec
 from fwproxy.http1 import RequestHead, RequestReader
 from fwproxy.interfaces import IResponseFilter
 from fwproxy.message import Request, Response
@@ -406,3 +407,33 @@ def test_is_protocol(value: str) -> None:
 @pytest.mark.parametrize("value", ["", "/", "a/", "/b", "a b", "a/b/c", "é", "a,b"])
 def test_is_not_protocol(value: str) -> None:
     assert not is_protocol(value)
+
+
+def test_a_refused_upgrade_still_runs_the_response_body_filters() -> None:
+    # an Upgrade header on any GET must not take its response past the body filters
+    spec = RedactSpec.from_options({"patterns": ["secret"]})
+    with harnesses() as make:
+        h = make(CONFIG, filters=[RedactFilter(spec)])
+        c = h.connect()
+        c.send(UPGRADE)
+        up = h.accept()
+        up.take()
+        up.send(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 9\r\n\r\nsecret 42"
+        )
+        out = c.take()
+        assert status_of(out) == 200
+        assert b"secret" not in out
+
+
+def test_a_101_is_spliced_with_body_filters_configured() -> None:
+    spec = RedactSpec.from_options({"patterns": ["secret"]})
+    with harnesses() as make:
+        h = make(CONFIG, filters=[RedactFilter(spec)])
+        c = h.connect()
+        c.send(UPGRADE + b"early")
+        up = h.accept()
+        up.take()
+        up.send(SWITCHED + b"secret frame")
+        assert c.take() == TO_CLIENT + b"secret frame"  # another protocol's bytes: not HTTP's
+        assert up.take() == b"early"
