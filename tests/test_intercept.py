@@ -97,6 +97,24 @@ def test_load_refuses_a_certificate_that_is_not_a_ca(tmp_path: Path, ca: cacert.
         cacert.load(str(tmp_path))
 
 
+@pytest.mark.parametrize("years", [-11, 1])
+def test_load_refuses_a_ca_out_of_its_validity(tmp_path: Path, years: int) -> None:
+    # an expired CA signs no usable leaf (one would end before it begins): say so at load
+    cert, key = cacert.make_ca(
+        datetime.datetime.now(datetime.UTC) + years * cacert.CA_VALIDITY / 10
+    )
+    (tmp_path / "ca.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "ca.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    with pytest.raises(cacert.CAError, match="ca.pem is valid from .* to .*: not now"):
+        cacert.load(str(tmp_path))
+
+
 # -- leaf certificates ------------------------------------------------------------------------
 
 
