@@ -1049,6 +1049,11 @@ def test_end_to_end_drops_fields_named_by_connection_and_keeps_order_and_repeats
     assert fields == original  # not modified in place
 
 
+def test_connection_cannot_name_content_length_away():
+    fields = [(b"Connection", b"Content-Length, X-A"), (b"X-A", b"1"), (b"Content-Length", b"5")]
+    assert end_to_end(fields) == [(b"Content-Length", b"5")]
+
+
 def test_end_to_end_keeps_fields_only_resembling_hop_by_hop_ones():
     fields = [(b"TE-X", b"1"), (b"Upgrade-Insecure-Requests", b"1"), (b"Keep", b"1")]
     assert end_to_end(fields) == fields
