@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import json
 import os
 import stat
 from pathlib import Path
@@ -19,7 +20,7 @@ from fwproxy import cacert, cli
 from fwproxy.acl import AclContext, client_ip
 from fwproxy.config import ConfigError, loads
 from fwproxy.leafcerts import LeafCerts, leaf_certificate, normalise, select_alpn
-from fwproxy.logformat import TLS_NOTE, combined, squid
+from fwproxy.logformat import TLS_NOTE, as_json, combined, squid
 from fwproxy.record import TransactionRecord
 
 
@@ -250,6 +251,10 @@ def test_the_tunnel_line_says_what_became_of_its_tls() -> None:
     rec.notes[TLS_NOTE] = "bumped"
     assert squid(rec).endswith(" sni=example.com tls=bumped")
     assert combined(rec).endswith(' "sni=example.com" "tls=bumped"')
+    # and the json line, which has every field on every line
+    assert json.loads(as_json(rec))["tls"] == "bumped"
+    del rec.notes[TLS_NOTE]
+    assert json.loads(as_json(rec))["tls"] is None
 
 
 @pytest.mark.parametrize(
