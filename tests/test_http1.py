@@ -748,6 +748,18 @@ def test_asked_101_ends_http_and_the_rest_is_raw(split):
     assert r.eof() == []
 
 
+@pytest.mark.parametrize("split", [False, True])
+def test_asked_101_to_head_ends_http_and_the_rest_is_raw(split):
+    # a HEAD's heads are cut out by hand: llhttp's upgrade stop must not escape from there
+    r = ResponseReader(b"HEAD")
+    data = SWITCHED + b"\x81\x02hi"
+    events = feed(r, *(bytewise(data) if split else [data]))
+    assert kinds(events)[:2] == [HEAD, END] and events[0][1].status == 101
+    assert b"".join(p for k, p in events if k == REST) == b"\x81\x02hi"
+    assert r.switched and r.done and not r.keep_alive and not r.extra
+    assert r.feed(b"more") == [(REST, b"more")]
+
+
 @pytest.mark.parametrize(
     "head", [b"HTTP/1.1 101 S\r\nUpgrade: websocket\r\n\r\n", b"HTTP/1.1 101 S\r\n\r\n"]
 )

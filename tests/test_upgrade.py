@@ -163,6 +163,28 @@ def test_frames_in_the_101s_read_are_passed_on(h: Harness) -> None:
     assert c.take() == TO_CLIENT + b"\x81\x01x"
 
 
+def test_an_upgrade_offered_on_head_is_spliced_too(h: Harness) -> None:
+    c = h.connect()
+    c.send(UPGRADE.replace(b"GET http", b"HEAD http") + b"early")
+    up = h.accept()
+    assert up.take().startswith(b"HEAD /chat HTTP/1.1\r\n")
+    up.send(SWITCHED + b"\x81\x01x")
+    assert c.take() == TO_CLIENT + b"\x81\x01x"
+    up.send(b"\x81\x01y")
+    assert c.take() == b"\x81\x01y"
+    assert up.take() == b"early"
+
+
+def test_an_unasked_101_to_head_is_502() -> None:
+    with harnesses() as make:
+        h = make()  # nothing listed: Upgrade is stripped
+        c = h.connect()
+        c.send(UPGRADE.replace(b"GET http", b"HEAD http"))
+        up = h.accept()
+        up.send(SWITCHED + b"\x81\x01x")
+        assert status_of(c.take()) == 502 and up.closed
+
+
 def test_interim_response_then_101(h: Harness) -> None:
     c = h.connect()
     c.send(UPGRADE)
