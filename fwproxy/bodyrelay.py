@@ -46,6 +46,10 @@ def transforms(hooks: tuple[Any, ...], *args: Any) -> BodyChain | None:
         except Exception:
             raise FilterError(hook, Failure()) from None
         if t is not None:
+            if not (callable(getattr(t, "data", None)) and callable(getattr(t, "end", None))):
+                # a plugin's bug: its failure (a 500), not an AttributeError at the first chunk
+                error = TypeError(f"expected an IBodyTransform (data and end) or None, not {t!r}")
+                raise FilterError(hook, Failure(error))
             taken.append(t)
     return BodyChain(taken) if taken else None
 

@@ -8,7 +8,8 @@ against 1 ms with RSA-2048, and an ECDSA handshake costs the proxy a fraction of
 The certificate is valid for 10 years, as mitmproxy's CA is (a CA is distributed once, by
 hand, to every client: a short life would mean redistributing it), ``CA:TRUE, pathlen:0``
 (it signs leaf certificates only) and ``keyCertSign``. :func:`load` reads a CA directory back
-and checks it (readable, the key matches, a CA), raising :class:`CAError` with one line.
+and checks it (readable, the key matches, a CA, valid now), raising :class:`CAError` with one
+line.
 """
 
 from __future__ import annotations
@@ -129,7 +130,7 @@ def load(directory: str) -> CA:
     """The CA in ``directory`` (``ca.pem`` and ``ca.key``), checked.
 
     :raise CAError: a file is missing or unreadable, is not PEM, the key is encrypted or does
-        not belong to the certificate, or the certificate is not a CA's.
+        not belong to the certificate, or the certificate is not a CA's or not valid now.
     """
     cert_path = os.path.join(directory, CERT_FILE)
     key_path = os.path.join(directory, KEY_FILE)
@@ -154,4 +155,12 @@ def load(directory: str) -> CA:
         constraints = None
     if constraints is None or not constraints.ca:
         raise CAError(f"{cert_path} is not a CA certificate (no basicConstraints CA:TRUE)")
+    now = datetime.datetime.now(datetime.UTC)
+    start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
+    if not start <= now < end:
+        # no leaf it signs could be valid (one would end before it begins)
+        raise CAError(
+            f"{cert_path} is valid from {start:%Y-%m-%d} to {end:%Y-%m-%d}: not now "
+            "(make a new one: fwproxy ca init)"
+        )
     return CA(cert, key, directory)

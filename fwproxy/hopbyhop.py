@@ -3,8 +3,9 @@
 connection only, and so are never relayed as they are.
 
 The fixed set (:data:`HOP_BY_HOP`, with the proxy credentials, which are for this proxy only)
-and every field the ``Connection`` header names are dropped by :func:`end_to_end`; an upgrade
-the relay attempts puts ``Upgrade`` and ``Connection: upgrade`` back (:mod:`fwproxy.upgrade`).
+and every field the ``Connection`` header names (but ``Content-Length``, which frames the body
+as relayed) are dropped by :func:`end_to_end`; an upgrade the relay attempts puts ``Upgrade``
+and ``Connection: upgrade`` back (:mod:`fwproxy.upgrade`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ def connection_tokens(fields: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]
 
 
 _PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b"Keep-Alive"})
+#: fields the relay forwards the body by, which ``Connection`` cannot name away
+_FRAMING = frozenset({b"content-length"})
 
 
 def end_to_end(fields: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
@@ -51,7 +54,9 @@ def end_to_end(fields: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
             continue
         out.append((k, v))
     if named:  # rare: a second pass for the fields Connection names
-        tokens = connection_tokens(fields)
+        # never the message's framing: a Content-Length dropped as a connection option would
+        # send its body on unframed (as the next request upstream: smuggling)
+        tokens = connection_tokens(fields) - _FRAMING
         out = [(k, v) for k, v in out if k.lower() not in tokens]
     return out
 

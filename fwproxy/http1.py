@@ -492,11 +492,17 @@ class ResponseReader:
             self._parser = httptools.HttpResponseParser(self)
             try:
                 self._parser.feed_data(head)
+            except httptools.HttpParserUpgrade:
+                if self.switched:  # a 101: what follows its head is the new protocol's
+                    self._finish()
             except httptools.HttpParserError as e:
                 self._fail(ProtocolError(502, f"malformed upstream response: {e}"))
         self._buffer = b""
         if buf and self.done:
-            self.extra = True
+            if self.switched:
+                self._events.append((REST, buf))
+            else:
+                self.extra = True
 
     def eof(self, clean: bool = True) -> list[Event]:
         """The upstream closed (``clean``: with a FIN, not a reset): end a close-delimited body,

@@ -17,7 +17,8 @@ combined lines (escaped, quoted in the combined format), ``"would_deny"`` in ``j
 otherwise).
 
 A tunnel that ``[intercept]`` bumped ends its squid and combined lines with ``tls=bumped``
-(``tls=rejected`` when the client refused fwproxy's certificate).
+(``tls=rejected`` when the client refused fwproxy's certificate); ``json`` has ``"tls"`` on
+every line (``null`` when not bumped).
 
 Every field that a client controls is escaped: control characters, spaces inside the squid
 format's space-separated fields, and quotes inside the combined format's quoted fields are
@@ -142,6 +143,7 @@ def as_json(r: TransactionRecord) -> str:
             "user_agent": r.user_agent,
             "sni": r.sni,
             "would_deny": r.notes.get(WOULD_DENY),
+            "tls": r.notes.get(TLS_NOTE),
         },
         separators=(",", ":"),
     )

@@ -277,6 +277,21 @@ class PeekingConnectTransaction(ConnectTransaction):
                     sni=sni,
                 )
             elif rule is not None:
+                name = sni or self.req.host
+                try:
+                    intercept.leaves.context(name)  # made (and cached) before the origin goes
+                except ValueError as e:  # e.g. the CA has expired since it was loaded
+                    log.error(
+                        "fwproxy: tunnel from {client} to {authority}: no certificate can be made "
+                        "for {name!r} ({error}); refused, not bumped by {rule!r}",
+                        client=self.conn.client[0],
+                        authority=self.req.authority,
+                        name=name,
+                        error=e,
+                        rule=rule,
+                    )
+                    self.refuse(f"no certificate for {name!r}: {e}", alert=True)
+                    return
                 bump(self, self.tunnel, intercept, sni, peek.take())
                 return
         self.deadline.restart(self.proxy.config.timeouts.tunnel_idle, self._idle)

@@ -32,6 +32,7 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.python.failure import Failure
 
 from fwproxy import chain, http1
+from fwproxy.bodyrelay import FilteredResponseRelay
 from fwproxy.hopbyhop import end_to_end
 from fwproxy.http1 import ERROR, HEAD, REST, RequestHead, ResponseHead
 from fwproxy.message import Headers, Response
@@ -99,7 +100,9 @@ def request_fields(txn: Upgrading) -> list[tuple[bytes, bytes]]:
         return fields
     value = offer(head, txn.proxy.config.relay.upgrade)
     if value is not None:
-        txn.response = SwitchingResponse(txn, value)
+        # a refused upgrade's answer is relayed as any other: through the body filters too
+        kind = FilteredSwitchingResponse if txn.proxy.chain.response_body else SwitchingResponse
+        txn.response = kind(txn, value)
         fields += [(b"Upgrade", value), (b"Connection", b"upgrade")]
     return fields
 
@@ -132,7 +135,7 @@ class SwitchingResponse(ResponseRelay):
         self.tunnel: Tunnel | None = None
         #: the upstream's transport, once spliced (the tunnel's upstream stream)
         self.transport: Any = None
-        self._held: list[http1.Event] = []  # upstream events while a filter decides
+        self._deciding: list[http1.Event] = []  # upstream events while a filter decides
 
     # -- the upstream's handler -------------------------------------------------------------
     def upstream_events(self, events: list[http1.Event]) -> None:
@@ -145,7 +148,7 @@ class SwitchingResponse(ResponseRelay):
                         tunnel.upstream_data(data)  # type: ignore[arg-type]
             return
         if phase == DECIDING:
-            self._held.extend(events)
+            self._deciding.extend(events)
             return
         if phase == AWAITING:
             for i, (kind, payload) in enumerate(events):
@@ -200,13 +203,13 @@ class SwitchingResponse(ResponseRelay):
             self._decided_101(rh, response, rest, result)
             return
         self.phase = DECIDING
-        self._held = rest
+        self._deciding = rest
         upstream = txn.upstream
         assert upstream is not None
         upstream.transport.pauseProducing()
 
         def decided(answer: Response | None) -> None:
-            held, self._held = self._held, []
+            held, self._deciding = self._deciding, []
             upstream.transport.resumeProducing()
             self._decided_101(rh, response, held, answer)
 
@@ -276,3 +279,9 @@ class SwitchingResponse(ResponseRelay):
         txn = self.txn
         txn.request_done = True
         txn.finish(False)
+
+
+class FilteredSwitchingResponse(SwitchingResponse, FilteredResponseRelay):
+    """A :class:`SwitchingResponse` for a chain with response body filters: an answer other
+    than ``101`` runs them, as it would without the upgrade offer (an ``Upgrade`` field must
+    not take a response past them)."""

@@ -374,6 +374,30 @@ def test_a_raising_body_hook_answers_500(make: Make, side: str) -> None:
     assert f.check(RuntimeError) and "no transform" in f.getTraceback()
 
 
+@pytest.mark.parametrize("side", ["request", "response"])
+def test_a_body_hook_returning_no_transform_answers_500(make: Make, side: str) -> None:
+    # a plugin bug (not an IBodyTransform) is the filter's failure, named, never a traceback
+    # out of the connection's dataReceived
+    @implementer(IRequestBodyFilter, IResponseBodyFilter)
+    class Wrong:
+        def requestBody(self, request: Request) -> Any:
+            return b"not a transform" if side == "request" else None
+
+        def responseBody(self, request: Request, response: Response) -> Any:
+            return b"not a transform"
+
+    h = make(filters=[Wrong()])
+    c = h.connect()
+    c.send(get(method=b"POST", headers=b"Content-Length: 2\r\n") + b"hi")
+    up = h.accept()
+    if side == "response":
+        up.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    assert status_of(c.received()) == 500 and c.closed
+    [f] = h.take_failures()
+    assert f.check(TypeError)
+    assert "expected an IBodyTransform" in f.getErrorMessage()
+
+
 def test_empty_body_with_a_final_piece_is_rechunked(make: Make) -> None:
     h = make(filters=[Both(lambda c: c if c is not None else b"appended")])
     c, up = relay(h)

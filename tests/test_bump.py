@@ -20,8 +20,9 @@ from zope.interface import implementer
 from fwproxy import cacert
 from fwproxy.intercepted import Interception, _split_host
 from fwproxy.interfaces import IRequestFilter
+from fwproxy.leafcerts import LeafCerts
 from fwproxy.message import Request, Response
-from fwproxy.record import TCP_TUNNEL
+from fwproxy.record import TCP_DENIED, TCP_TUNNEL
 from fwproxy.testing import Client, FakeResolver, Harness
 from fwproxy.tunnel import ESTABLISHED
 
@@ -224,6 +225,25 @@ def test_a_client_rejecting_the_ca_is_logged(
     assert rec.result == TCP_TUNNEL and rec.notes["fwproxy.tls"] == "rejected"
     [line] = [i for i in infos if "rejected fwproxy's certificate" in i]
     assert "127.0.0.1:" in line and "to example.com" in line and "unknown ca" in line
+
+
+def test_a_leaf_that_cannot_be_made_refuses_the_tunnel(
+    make: Callable[..., Harness], ca_dir: Path, infos: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # e.g. the CA expired while the proxy runs: one line and a refused tunnel (never spliced
+    # undecrypted), not an exception out of dataReceived
+    def expired(self: LeafCerts, name: str) -> Any:
+        raise ValueError("The not valid after date must be after the not valid before date")
+
+    monkeypatch.setattr(LeafCerts, "_build", expired)
+    h = make(bump_config(ca_dir))
+    c, up, tls = bumped(h, ca_dir / "ca.pem")
+    assert c.closed and up.closed and up.received() == b""
+    c.lost()
+    [rec] = h.records
+    assert (rec.status, rec.result) == (403, TCP_DENIED)
+    [line] = [i for i in infos if "no certificate" in i]
+    assert "example.com" in line and "not valid after" in line
 
 
 def test_splice_rule_keeps_the_tunnel(make: Callable[..., Harness], ca_dir: Path) -> None:

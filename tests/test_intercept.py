@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import json
 import os
 import stat
 from pathlib import Path
@@ -19,7 +20,7 @@ from fwproxy import cacert, cli
 from fwproxy.acl import AclContext, client_ip
 from fwproxy.config import ConfigError, loads
 from fwproxy.leafcerts import LeafCerts, leaf_certificate, normalise, select_alpn
-from fwproxy.logformat import TLS_NOTE, combined, squid
+from fwproxy.logformat import TLS_NOTE, as_json, combined, squid
 from fwproxy.record import TransactionRecord
 
 
@@ -94,6 +95,24 @@ def test_load_refuses_a_certificate_that_is_not_a_ca(tmp_path: Path, ca: cacert.
         )
     )
     with pytest.raises(cacert.CAError, match="not a CA certificate"):
+        cacert.load(str(tmp_path))
+
+
+@pytest.mark.parametrize("years", [-11, 1])
+def test_load_refuses_a_ca_out_of_its_validity(tmp_path: Path, years: int) -> None:
+    # an expired CA signs no usable leaf (one would end before it begins): say so at load
+    cert, key = cacert.make_ca(
+        datetime.datetime.now(datetime.UTC) + years * cacert.CA_VALIDITY / 10
+    )
+    (tmp_path / "ca.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "ca.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    with pytest.raises(cacert.CAError, match="ca.pem is valid from .* to .*: not now"):
         cacert.load(str(tmp_path))
 
 
@@ -232,6 +251,10 @@ def test_the_tunnel_line_says_what_became_of_its_tls() -> None:
     rec.notes[TLS_NOTE] = "bumped"
     assert squid(rec).endswith(" sni=example.com tls=bumped")
     assert combined(rec).endswith(' "sni=example.com" "tls=bumped"')
+    # and the json line, which has every field on every line
+    assert json.loads(as_json(rec))["tls"] == "bumped"
+    del rec.notes[TLS_NOTE]
+    assert json.loads(as_json(rec))["tls"] is None
 
 
 @pytest.mark.parametrize(

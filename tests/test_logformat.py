@@ -133,6 +133,7 @@ def test_json_format():
         "user_agent": "curl/8.5.0",
         "sni": None,
         "would_deny": None,
+        "tls": None,
     }
 
 

@@ -172,6 +172,30 @@ def test_hop_by_hop_response_fields_are_removed(h: Harness) -> None:
     )
 
 
+def test_connection_naming_content_length_cannot_unframe_a_request_body(h: Harness) -> None:
+    # were Content-Length dropped as a connection option, the body would reach the origin as
+    # the next request, one the proxy never checked
+    smuggled = b"GET /admin HTTP/1.1\r\nHost: example.com\r\n\r\n"
+    head = get(
+        method=b"POST",
+        headers=b"Connection: Content-Length\r\nContent-Length: %d\r\n" % len(smuggled),
+    )
+    c = h.connect()
+    c.send(head + smuggled)
+    sent = h.accept().received()
+    upstream_head, _, body = sent.partition(b"\r\n\r\n")
+    assert b"\r\nContent-Length: %d" % len(smuggled) in upstream_head
+    assert body == smuggled
+
+
+def test_connection_naming_content_length_keeps_the_response_framed(h: Harness) -> None:
+    c, up = relay(h)
+    up.send(b"HTTP/1.1 200 OK\r\nConnection: Content-Length\r\nContent-Length: 5\r\n\r\nhello")
+    _line, fields, body = split_response(c.received())
+    assert field(fields, b"content-length") == b"5" and body == b"hello"
+    assert not c.closed
+
+
 def test_client_asking_to_close_is_closed_after_the_response(h: Harness) -> None:
     c, up = relay(h, get(headers=b"Connection: close\r\n"))
     up.send(OK5)

@@ -16,6 +16,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
 from fwproxy.config import ConfigError, loads
+from fwproxy.filters.redact import RedactFilter, RedactSpec
 from fwproxy.http1 import RequestHead, RequestReader
 from fwproxy.interfaces import IResponseFilter
 from fwproxy.message import Request, Response
@@ -160,6 +161,28 @@ def test_frames_in_the_101s_read_are_passed_on(h: Harness) -> None:
     up = h.accept()
     up.send(SWITCHED + b"\x81\x01x")
     assert c.take() == TO_CLIENT + b"\x81\x01x"
+
+
+def test_an_upgrade_offered_on_head_is_spliced_too(h: Harness) -> None:
+    c = h.connect()
+    c.send(UPGRADE.replace(b"GET http", b"HEAD http") + b"early")
+    up = h.accept()
+    assert up.take().startswith(b"HEAD /chat HTTP/1.1\r\n")
+    up.send(SWITCHED + b"\x81\x01x")
+    assert c.take() == TO_CLIENT + b"\x81\x01x"
+    up.send(b"\x81\x01y")
+    assert c.take() == b"\x81\x01y"
+    assert up.take() == b"early"
+
+
+def test_an_unasked_101_to_head_is_502() -> None:
+    with harnesses() as make:
+        h = make()  # nothing listed: Upgrade is stripped
+        c = h.connect()
+        c.send(UPGRADE.replace(b"GET http", b"HEAD http"))
+        up = h.accept()
+        up.send(SWITCHED + b"\x81\x01x")
+        assert status_of(c.take()) == 502 and up.closed
 
 
 def test_interim_response_then_101(h: Harness) -> None:
@@ -406,3 +429,33 @@ def test_is_protocol(value: str) -> None:
 @pytest.mark.parametrize("value", ["", "/", "a/", "/b", "a b", "a/b/c", "é", "a,b"])
 def test_is_not_protocol(value: str) -> None:
     assert not is_protocol(value)
+
+
+def test_a_refused_upgrade_still_runs_the_response_body_filters() -> None:
+    # an Upgrade header on any GET must not take its response past the body filters
+    spec = RedactSpec.from_options({"patterns": ["secret"]})
+    with harnesses() as make:
+        h = make(CONFIG, filters=[RedactFilter(spec)])
+        c = h.connect()
+        c.send(UPGRADE)
+        up = h.accept()
+        up.take()
+        up.send(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 9\r\n\r\nsecret 42"
+        )
+        out = c.take()
+        assert status_of(out) == 200
+        assert b"secret" not in out
+
+
+def test_a_101_is_spliced_with_body_filters_configured() -> None:
+    spec = RedactSpec.from_options({"patterns": ["secret"]})
+    with harnesses() as make:
+        h = make(CONFIG, filters=[RedactFilter(spec)])
+        c = h.connect()
+        c.send(UPGRADE + b"early")
+        up = h.accept()
+        up.take()
+        up.send(SWITCHED + b"secret frame")
+        assert c.take() == TO_CLIENT + b"secret frame"  # another protocol's bytes: not HTTP's
+        assert up.take() == b"early"
