@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from zope.interface.verify import verifyObject
 
-from fwproxy.filters.redact import RedactFactory, RedactFilter, Redaction, RedactSpec
+from fwproxy.filters.redact import RedactFactory, RedactFilter, Redaction, RedactSpec, Refusal
 from fwproxy.interfaces import IBodyTransform, IRequestBodyFilter, IResponseBodyFilter
 from fwproxy.message import Headers, Request, Response
 from fwproxy.plugins import find_factory
@@ -112,10 +112,32 @@ def test_which_bodies_are_taken() -> None:
     assert isinstance(f.responseBody(req, resp), Redaction)
     assert f.responseBody(req, Response(200, headers=[(b"Content-Type", b"image/png")])) is None
     gz = Response(200, headers=[(b"Content-Type", b"text/html"), (b"Content-Encoding", b"gzip")])
-    assert f.responseBody(req, gz) is None  # compressed bytes are not matched
+    refusal = f.responseBody(req, gz)  # compressed bytes no pattern can match: refused
+    assert isinstance(refusal, Refusal)
+    assert isinstance(refusal.data(b"\x1f\x8b"), Response) and refusal.data(b"").status == 502
+    passing = RedactFilter(spec(content_types=["text/"], encoded="pass"))
+    assert passing.responseBody(req, gz) is None
     off = RedactFilter(spec())
     assert off.requestBody(req) is None  # responses only by default
     assert isinstance(off.responseBody(req, Response(200)), Redaction)
+
+
+def test_compressed_request_bodies_are_refused_and_responses_asked_uncompressed() -> None:
+    f = RedactFilter(spec(requests=True))
+    headers = Headers([(b"Content-Encoding", b"gzip"), (b"Accept-Encoding", b"gzip, br")])
+    req = Request("POST", "http://a/", "a", 80, b"/", headers)
+    refusal = f.requestBody(req)
+    assert isinstance(refusal, Refusal) and refusal.end().status == 415
+    refused = f.requestReceived(req)  # on its head: nothing of it goes upstream
+    assert isinstance(refused, Response) and refused.status == 415
+    # a client asking for gzip would get responses past the patterns
+    assert req.headers.get_all(b"accept-encoding") == [b"identity"]
+    plain = Request("POST", "http://a/", "a", 80, b"/", Headers([(b"Accept-Encoding", b"br")]))
+    assert f.requestReceived(plain) is None
+    requests_only = RedactFilter(spec(requests=True, responses=False))
+    req2 = Request("GET", "http://a/", "a", 80, b"/", Headers([(b"Accept-Encoding", b"gzip")]))
+    requests_only.requestReceived(req2)
+    assert req2.headers.get(b"accept-encoding") == b"gzip"  # responses not redacted: left
 
 
 @pytest.mark.parametrize(
@@ -132,6 +154,7 @@ def test_which_bodies_are_taken() -> None:
         ({"patterns": ["a"], "requests": "yes"}, "requests: expected true or false"),
         ({"patterns": ["a"], "content_types": "text/"}, "content_types: expected a list"),
         ({"patterns": ["a"], "colour": 1}, "colour: unknown key"),
+        ({"patterns": ["a"], "encoded": "decode"}, "encoded: 'decode' must be one of refuse, pass"),
     ],
 )
 def test_bad_options(options: dict[str, Any], message: str) -> None:

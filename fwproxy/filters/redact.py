@@ -12,10 +12,15 @@ Options (a ``[[filters]]`` entry, ``name = "redact"``):
   held back between chunks, and a longer match may be missed or cut where a chunk ends;
 - ``responses`` / ``requests``: which bodies to redact (default: responses only);
 - ``content_types``: media-type prefixes to redact (default: all, e.g. ``["text/",
-  "application/json"]``).
+  "application/json"]``);
+- ``encoded``: what becomes of a selected body with a ``Content-Encoding`` (gzip, br, ...), whose
+  compressed bytes no pattern can match (the proxy does not decode bodies): ``"refuse"`` (the
+  default: a request body gets ``415``, a response ``502``, before any of it is sent) or
+  ``"pass"`` (passed on untouched).
 
-A body with a ``Content-Encoding`` (gzip, br, ...) is passed on untouched: the proxy does not
-decode bodies, and a pattern cannot match compressed bytes. Matches are as in one
+When responses are redacted, requests are sent with ``Accept-Encoding: identity``, so that an
+origin answers with bytes the patterns can see (a client asking for gzip would otherwise get its
+responses past the filter). Matches are as in one
 ``re.sub`` over the whole body as long as each is at most ``max_match`` bytes and its pattern
 looks back at most ``max_match`` bytes (``\\b`` and short look-behinds are fine).
 """
@@ -34,11 +39,23 @@ from fwproxy.interfaces import (
     IFilterContext,
     IFilterFactory,
     IRequestBodyFilter,
+    IRequestFilter,
     IResponseBodyFilter,
 )
 from fwproxy.message import Headers, Request, Response
 
-_KNOWN = ("patterns", "replacement", "mask", "max_match", "responses", "requests", "content_types")
+_KNOWN = (
+    "patterns",
+    "replacement",
+    "mask",
+    "max_match",
+    "responses",
+    "requests",
+    "content_types",
+    "encoded",
+)
+ENCODED = ("refuse", "pass")
+REFUSED_REQUEST = "fwproxy: a compressed request body cannot be checked (redact filter)"
 
 
 @dataclass(frozen=True)
@@ -52,6 +69,7 @@ class RedactSpec:
     responses: bool
     requests: bool
     content_types: tuple[bytes, ...]
+    refuse_encoded: bool = True
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> RedactSpec:
@@ -95,6 +113,9 @@ class RedactSpec:
         types = options.get("content_types", [])
         if not isinstance(types, list) or not all(isinstance(t, str) and t for t in types):
             raise ValueError("content_types: expected a list of media-type prefixes")
+        encoded = options.get("encoded", "refuse")
+        if encoded not in ENCODED:
+            raise ValueError(f"encoded: {encoded!r} must be one of {', '.join(ENCODED)}")
         return cls(
             pattern=pattern,
             replacement=None if "mask" in options else replacement.encode("utf-8"),
@@ -103,6 +124,7 @@ class RedactSpec:
             responses=flags["responses"],
             requests=flags["requests"],
             content_types=tuple(t.lower().encode("latin-1") for t in types),
+            refuse_encoded=encoded == "refuse",
         )
 
 
@@ -157,31 +179,75 @@ class Redaction:
 
 
 def _wanted(types: tuple[bytes, ...], headers: Headers) -> bool:
-    encoding = headers.get(b"content-encoding")
-    if encoding and encoding.strip().lower() != b"identity":
-        return False
     if not types:
         return True
     ctype = (headers.get(b"content-type") or b"").strip().lower()
     return ctype.startswith(types)
 
 
-@implementer(IRequestBodyFilter, IResponseBodyFilter)
+def _encoded(headers: Headers) -> bool:
+    encoding = headers.get(b"content-encoding")
+    return bool(encoding) and encoding.strip().lower() != b"identity"  # type: ignore[union-attr]
+
+
+@implementer(IBodyTransform)
+class Refusal:
+    """A body the patterns cannot see (it is compressed): refused before any of it is sent."""
+
+    keeps_length = True
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        self.message = message
+
+    def data(self, chunk: bytes) -> Response:
+        return Response.text(self.status, self.message)
+
+    def end(self) -> Response:
+        return Response.text(self.status, self.message)
+
+
+@implementer(IRequestFilter, IRequestBodyFilter, IResponseBodyFilter)
 class RedactFilter:
     """Applies a :class:`RedactSpec` to the request and response bodies it is configured for."""
 
     def __init__(self, spec: RedactSpec) -> None:
         self.spec = spec
 
-    def requestBody(self, request: Request) -> Redaction | None:
-        if self.spec.requests and _wanted(self.spec.content_types, request.headers):
-            return Redaction(self.spec)
+    def requestReceived(self, request: Request) -> Response | None:
+        spec = self.spec
+        if spec.responses:
+            request.headers.set(b"Accept-Encoding", b"identity")
+        if (
+            spec.requests
+            and spec.refuse_encoded
+            and _encoded(request.headers)
+            and _wanted(spec.content_types, request.headers)
+        ):
+            # refused on its head, before anything of it goes upstream
+            return Response.text(415, REFUSED_REQUEST)
         return None
 
-    def responseBody(self, request: Request, response: Response) -> Redaction | None:
-        if self.spec.responses and _wanted(self.spec.content_types, response.headers):
-            return Redaction(self.spec)
-        return None
+    def _take(self, headers: Headers, refusal: tuple[int, str]) -> IBodyTransform | None:
+        spec = self.spec
+        if not _wanted(spec.content_types, headers):
+            return None
+        if _encoded(headers):
+            return Refusal(*refusal) if spec.refuse_encoded else None
+        return Redaction(spec)
+
+    def requestBody(self, request: Request) -> IBodyTransform | None:
+        if not self.spec.requests:
+            return None
+        return self._take(request.headers, (415, REFUSED_REQUEST))
+
+    def responseBody(self, request: Request, response: Response) -> IBodyTransform | None:
+        if not self.spec.responses:
+            return None
+        return self._take(
+            response.headers,
+            (502, "fwproxy: the origin sent a compressed body that cannot be checked"),
+        )
 
 
 @provider(IFilterFactory)

@@ -3,6 +3,7 @@ loopback, bodies large enough that matches straddle the proxy's reads."""
 
 from __future__ import annotations
 
+import gzip
 import re
 
 from fwp_origin import sha
@@ -56,3 +57,29 @@ def test_upload_redacted_and_rechunked(proxy, origin, run_curl, tmp_path):
     rec = origin.last()
     assert rec.headers("transfer-encoding") == [b"chunked"]
     assert rec.headers("content-length") == []
+
+
+def test_compressed_bodies_cannot_slip_past(proxy, origin, run_curl, tmp_path):
+    p = proxy.start_with(extra=FILTER)
+    # a client asking for gzip gets an uncompressed answer the patterns see
+    r = run_curl("-x", p.url, "--compressed", f"{origin.url}/bytes/10")
+    assert r.returncode == 0, r.stderr
+    assert origin.last().headers("accept-encoding") == [b"identity"]
+    # a gzipped upload cannot be checked: refused, and never reaches the origin
+    f = tmp_path / "up.gz"
+    f.write_bytes(gzip.compress(BODY))
+    seen = len(origin.requests)
+    r = run_curl(
+        "-x",
+        p.url,
+        "-H",
+        "Expect:",
+        "-H",
+        "Content-Encoding: gzip",
+        "--data-binary",
+        f"@{f}",
+        f"{origin.url}/upload",
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.status == 415
+    assert len(origin.requests) == seen
