@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fwproxy.acl import Acl, AclContext, AclError, PortAcl
-from fwproxy.cacert import CA, CAError, load
+from fwproxy.cacert import CA, KEY_FILE, CAError, load
 from fwproxy.configcheck import Problems, integer, unknown
 from fwproxy.leafcerts import LeafCerts
 from fwproxy.rules import Rule
@@ -128,18 +128,37 @@ def warnings(source: str, intercept: InterceptConfig, peek_ports: frozenset[int]
     """What is valid in ``[intercept]`` but bumps nothing: no ``bump`` rule, no peeked port
     (only a peeked tunnel's ClientHello is answered), a ``bump`` rule whose ``port`` ACLs
     match no peeked port."""
+    found = _key_exposed(source, intercept.ca)
     bumps = [r for r in intercept.policy.rules if r.allow]
     if not bumps:
-        return [f'{source}: intercept.rules: no "bump" rule: no tunnel is decrypted']
+        return [*found, f'{source}: intercept.rules: no "bump" rule: no tunnel is decrypted']
     if not peek_ports:
         return [
+            *found,
             f"{source}: intercept.rules: tunnel.peek_ports is empty: no tunnel is peeked, so "
-            "none is decrypted (bumping answers the ClientHello of a peeked tunnel)"
+            "none is decrypted (bumping answers the ClientHello of a peeked tunnel)",
         ]
     ports = ", ".join(map(str, sorted(peek_ports)))
-    return [
+    return found + [
         f"{source}: intercept.rules: {r.text!r} matches no port of tunnel.peek_ports "
         f"({ports}): it never bumps (only peeked tunnels are)"
         for r in bumps
         if not any(_can_match_port(r, p) for p in peek_ports)
+    ]
+
+
+def _key_exposed(source: str, ca: CA) -> list[str]:
+    """A warning when the CA's key may be read by others than its owner: whoever reads it can
+    impersonate every site to every client that trusts the CA."""
+    path = os.path.join(ca.directory, KEY_FILE)
+    try:
+        mode = os.stat(path).st_mode & 0o777
+    except OSError:
+        return []  # read a moment ago by load(); a race is not this check's to report
+    if not mode & 0o077:
+        return []
+    return [
+        f"{source}: intercept.ca: {path} is readable or writable by others than its owner "
+        f"(mode {mode:04o}): whoever reads it can impersonate any site to the clients that "
+        f"trust the CA (chmod 600 {path})"
     ]

@@ -306,3 +306,16 @@ def test_check_config_prints_the_warning(
     assert "warning: " in capsys.readouterr().err
     assert cli.main(["check-config", "--strict", str(path)]) == 1
     assert "tunnel.peek_ports is empty" in capsys.readouterr().err
+
+
+def test_a_ca_key_others_may_read_is_warned_of(ca_dir: Path) -> None:
+    key = ca_dir / "ca.key"
+    assert loads(_config(ca_dir, '"bump all"'), "fw.toml").warnings == ()  # 0600 from ca init
+    key.chmod(0o644)
+    try:
+        warnings = loads(_config(ca_dir, '"bump all"'), "fw.toml").warnings
+    finally:
+        key.chmod(0o600)
+    [line] = warnings
+    assert line.startswith("fw.toml: intercept.ca: ") and "(mode 0644)" in line
+    assert f"chmod 600 {key}" in line
