@@ -244,3 +244,41 @@ def test_wss_through_an_intercepted_connect(fwproxy: Any, tmp_path: Any) -> None
         "/inside"
     )
     assert [r.result for r in records if r.method == "CONNECT"] == ["TCP_TUNNEL"]
+
+
+def test_the_websockets_client_through_an_intercepted_connect(fwproxy: Any, tmp_path: Any) -> None:
+    # the `websockets` client (its own proxy support: CONNECT, then TLS to the CA fwproxy made)
+    from websockets.asyncio.client import connect
+
+    origin_ca = CA("fwproxy websockets-client origin CA")
+    cert, key = origin_ca.issue("localhost").write(tmp_path, "origin")
+    cacert.init(str(tmp_path / "bump"))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    client_ctx = ssl.create_default_context(cafile=str(tmp_path / "bump" / "ca.pem"))
+
+    async def main() -> tuple[list[str], Any]:
+        async with serve(_echo, "127.0.0.1", 0, ssl=context) as server:
+            port = server.sockets[0].getsockname()[1]
+            proxy = fwproxy(
+                CONFIG
+                + f"\n[tls]\nca_file = {str(origin_ca.write(tmp_path))!r}\n"
+                + f"\n[tunnel]\npeek_ports = [{port}]\n"
+                + f'\n[intercept]\nca = {str(tmp_path / "bump")!r}\nrules = ["bump all"]\n'
+            )
+            url = f"wss://localhost:{port}/ws-client"
+            async with connect(url, proxy=proxy.url, ssl=client_ctx, max_size=2**22) as ws:
+                got = []
+                for text in ("hello", "x" * 1_000_000):
+                    await ws.send(text)
+                    got.append(str(await ws.recv()))
+            return got, proxy
+
+    got, proxy = run(main)
+    assert got == ["hello", "x" * 1_000_000]
+    records = proxy.wait_for_records(2)
+    inside = [r for r in records if r.method == "GET"]
+    assert [(r.status, r.result) for r in inside] == [(101, "TCP_MISS")]
+    assert inside[0].target.endswith("/ws-client")
+    tunnel = [r for r in records if r.method == "CONNECT"]
+    assert [r.notes.get("fwproxy.tls") for r in tunnel] == ["bumped"]
