@@ -38,6 +38,7 @@ from table import (
     notes_lines,
     num,
     print_table,
+    run_lines,
     summarize,
 )
 from table import ratio as ratio_cell
@@ -177,17 +178,7 @@ def render(raw: Raw) -> str:
     if lines:
         out.append("")
         out.extend(f"- {v}" for v in lines)
-    timing = [f"{k}: {v} s" for k, v in raw.timing.items()]
-    if timing:
-        out.append("")
-        out.append("Took " + "; ".join(timing) + ".")
-    if raw.versions:
-        out.append("")
-        out.append(
-            "Versions: "
-            + "; ".join(f"{HEAD.get(k, k)}: {v}" for k, v in raw.versions.items())
-            + "."
-        )
+    out += run_lines(raw, HEAD)
     notes = raw.notes + check_notes(raw)
     notes += [f"{HEAD.get(k, k)}: skipped — {v}" for k, v in raw.skipped.items()]
     out += notes_lines(notes)

@@ -34,6 +34,7 @@ from table import (
     notes_lines,
     num,
     print_table,
+    run_lines,
     summarize,
 )
 from table import ratio as ratio_cell
@@ -175,17 +176,7 @@ def render(raw: Raw) -> str:
     )
     out.append("")
     out.extend(f"- {v}" for v in verdicts(raw))
-    timing = [f"{k}: {v} s" for k, v in raw.timing.items()]
-    if timing:
-        out.append("")
-        out.append("Took " + "; ".join(timing) + ".")
-    if raw.versions:
-        out.append("")
-        out.append(
-            "Versions: "
-            + "; ".join(f"{HEAD.get(k, k)}: {v}" for k, v in raw.versions.items())
-            + "."
-        )
+    out += run_lines(raw, HEAD)
     notes = raw.notes + check_notes(raw)
     out += notes_lines(notes)
     return "\n".join(out)

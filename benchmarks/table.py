@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import statistics
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 FLAG_SPREAD_PCT = 15.0
@@ -343,6 +343,19 @@ def render(raw: Raw) -> str:
         )
     out += notes_lines(notes)
     return "\n".join(out)
+
+
+def run_lines(raw: Raw, names: Mapping[str, str]) -> list[str]:
+    """How long each part took and the tools' versions, under a scenario's table (``names``:
+    the column titles of the raw lines' keys)."""
+    out = []
+    timing = [f"{k}: {v} s" for k, v in raw.timing.items()]
+    if timing:
+        out += ["", "Took " + "; ".join(timing) + "."]
+    if raw.versions:
+        versions = "; ".join(f"{names.get(k, k)}: {v}" for k, v in raw.versions.items())
+        out += ["", f"Versions: {versions}."]
+    return out
 
 
 def notes_lines(notes: list[str]) -> list[str]:
