@@ -135,3 +135,17 @@ def test_read_errors_alone_explained() -> None:
     text = table.render(table.parse(lines))
     assert "tinyproxy: 300 socket errors (wrk) over the rounds" in text
     assert "no keep-alive" in text
+
+
+def test_run_lines_and_notes_lines_under_a_scenario_table() -> None:
+    raw = table.Raw(timing={"round 1": "12"}, versions={"bump": "fwproxy 1.0", "curl": "7.88"})
+    lines = table.run_lines(raw, {"bump": "fwproxy intercepting"})
+    assert lines == [
+        "",
+        "Took round 1: 12 s.",
+        "",
+        "Versions: fwproxy intercepting: fwproxy 1.0; curl: 7.88.",
+    ]
+    assert table.run_lines(table.Raw(), {}) == []
+    assert table.notes_lines([]) == []
+    assert table.notes_lines(["a"]) == ["", "Notes:", "- a"]
