@@ -22,7 +22,7 @@ from fwproxy.acl import Acl, AclContext, AclError, PortAcl
 from fwproxy.cacert import CA, KEY_FILE, CAError, load
 from fwproxy.configcheck import Problems, integer, unknown
 from fwproxy.leafcerts import LeafCerts
-from fwproxy.rules import Rule
+from fwproxy.rules import Rule, acl_terms
 
 #: the words an ``[intercept]`` rule may start with
 ACTIONS = ("bump", "splice")
@@ -38,12 +38,10 @@ def parse_intercept_rule(text: str, acls: Mapping[str, Acl]) -> Rule:
         raise AclError(f'intercept.rules: {text!r} must start with "bump" or "splice"')
     if len(words) == 1:
         raise AclError(f'intercept.rules: {text!r} names no ACL (write "{words[0]} all")')
-    named = [(w[1:], True) if w.startswith("!") else (w, False) for w in words[1:]]
-    missing = [name for name, _ in named if name not in acls]
+    terms, missing = acl_terms(words[1:], acls)
     if missing:
         listed = ", ".join(map(repr, missing))
         raise AclError(f"intercept.rules: {text!r} uses {listed}, not defined in [acl]")
-    terms = tuple((acls[name], negated) for name, negated in named)
     return Rule(words[0] == "bump", terms, " ".join(words))
 
 

@@ -29,6 +29,7 @@ from fwproxy.filters.acl import request_context
 from fwproxy.interfaces import IUpstreamSelector
 from fwproxy.message import Request
 from fwproxy.parents import Parent, ParentHealth
+from fwproxy.rules import acl_terms, undefined
 
 
 @dataclass(frozen=True)
@@ -93,14 +94,10 @@ def parse_routing_rule(
         route, named = DIRECT, words[1:]
     if not named:
         raise AclError(f'{where}: {text!r} names no ACL (write "{" ".join(words)} all")')
-    terms = [(w[1:], True) if w.startswith("!") else (w, False) for w in named]
-    missing = [name for name, _ in terms if name not in acls]
+    terms, missing = acl_terms(named, acls)
     if missing:
-        which = "ACL" if len(missing) == 1 else "ACLs"
-        are = "is" if len(missing) == 1 else "are"
-        listed = ", ".join(map(repr, missing))
-        raise AclError(f"{where}: {text!r} uses {which} {listed}, which {are} not defined")
-    return RoutingRule(route, tuple((acls[n], neg) for n, neg in terms), " ".join(words))
+        raise undefined(where, text, missing)
+    return RoutingRule(route, terms, " ".join(words))
 
 
 @implementer(IUpstreamSelector)

@@ -11,7 +11,7 @@ that denies by a predefined destination ACL (``to_linklocal``, ``to_localhost``,
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from fwproxy.acl import PREDEFINED_DESTINATIONS, Acl, AclContext, AclError, SslSniAcl
@@ -57,6 +57,26 @@ class Rule:
         return True
 
 
+def acl_terms(
+    words: Sequence[str], acls: Mapping[str, Acl]
+) -> tuple[tuple[tuple[Acl, bool], ...], list[str]]:
+    """A rule's ``[!]NAME`` words as its terms, and the names among them that are not defined
+    (then no terms) — for the access, routing and interception rules alike."""
+    named = [(w[1:], True) if w.startswith("!") else (w, False) for w in words]
+    missing = [name for name, _ in named if name not in acls]
+    if missing:
+        return (), missing
+    return tuple((acls[name], negated) for name, negated in named), []
+
+
+def undefined(where: str, text: str, missing: Sequence[str]) -> AclError:
+    """The error of a rule ``text`` using the ACLs ``missing``."""
+    which = "ACL" if len(missing) == 1 else "ACLs"
+    are = "is" if len(missing) == 1 else "are"
+    listed = ", ".join(map(repr, missing))
+    return AclError(f"{where}: {text!r} uses {which} {listed}, which {are} not defined")
+
+
 def parse_rule(text: str, acls: dict[str, Acl], where: str = "access.rules") -> Rule:
     """Parse ``"allow|deny [!]NAME ..."`` against the defined ACLs."""
     words = text.split()
@@ -64,14 +84,9 @@ def parse_rule(text: str, acls: dict[str, Acl], where: str = "access.rules") -> 
         raise AclError(f'{where}: {text!r} must start with "allow" or "deny"')
     if len(words) == 1:
         raise AclError(f'{where}: {text!r} names no ACL (write "{words[0]} all")')
-    named = [(w[1:], True) if w.startswith("!") else (w, False) for w in words[1:]]
-    missing = [name for name, _ in named if name not in acls]
+    terms, missing = acl_terms(words[1:], acls)
     if missing:
-        which = "ACL" if len(missing) == 1 else "ACLs"
-        are = "is" if len(missing) == 1 else "are"
-        listed = ", ".join(map(repr, missing))
-        raise AclError(f"{where}: {text!r} uses {which} {listed}, which {are} not defined")
-    terms = tuple((acls[name], negated) for name, negated in named)
+        raise undefined(where, text, missing)
     return Rule(words[0] == "allow", terms, " ".join(words))
 
 
