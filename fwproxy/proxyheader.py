@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.logger import Logger
+
+from fwproxy.acl import NetworkSet
+from fwproxy.selfcheck import parse_ip
 
 log = Logger()
 
@@ -34,17 +37,16 @@ class HeaderSenders:
     """The networks whose peers may send a PROXY-protocol header (empty: none may)."""
 
     networks: tuple[Network, ...] = ()
+    _set: NetworkSet = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_set", NetworkSet(self.networks))
 
     def allows(self, host: str) -> bool:
         """Whether the TCP peer ``host`` (an IP address; IPv4-mapped IPv6 counts as IPv4) is
         in one of the networks. Anything that is not an IP address (a UNIX socket) is not."""
-        try:
-            address = ipaddress.ip_address(host.partition("%")[0])
-        except ValueError:
-            return False
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        return any(address in network for network in self.networks)
+        address = parse_ip(host)
+        return address is not None and address in self._set
 
 
 def parse_senders(values: Iterable[object]) -> tuple[HeaderSenders, list[tuple[int, str]]]:
