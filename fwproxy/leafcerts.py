@@ -25,7 +25,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import SSL
 
 from fwproxy.cacert import CA
-from fwproxy.tls import HTTP_1_1, ServerConnection
+from fwproxy.tls import HTTP_1_1, ServerConnection, server_context
 
 #: a leaf certificate's validity: a year (what mitmproxy gives), never past the CA's own
 LEAF_VALIDITY = datetime.timedelta(days=365)
@@ -128,12 +128,7 @@ class LeafCerts:
     def _build(self, name: str) -> SSL.Context:
         cert = leaf_certificate(self.ca, self.key, name)
         self.made += 1
-        ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
-        ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
-        ctx.set_options(
-            SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE | SSL.OP_NO_RENEGOTIATION
-        )
-        ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
+        ctx = server_context()
         ctx.use_certificate(cert)
         ctx.add_extra_chain_cert(self.ca.cert)
         ctx.use_privatekey(self.key)

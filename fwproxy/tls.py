@@ -222,6 +222,19 @@ def _select_alpn(conn: SSL.Connection, offered: list[bytes]) -> Any:
     return HTTP_1_1 if HTTP_1_1 in offered else SSL.NO_OVERLAPPING_PROTOCOLS
 
 
+def server_context() -> SSL.Context:
+    """A server context as fwproxy's TLS servers all start (its listeners, bumped tunnels):
+    TLS 1.2 or newer, no compression or renegotiation, the server's cipher order, and no
+    record buffers kept by an idle connection."""
+    ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+    ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
+    ctx.set_options(
+        SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE | SSL.OP_NO_RENEGOTIATION
+    )
+    ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
+    return ctx
+
+
 class ServerContext(NamedTuple):
     """A listener's pyOpenSSL context, and what its certificate is (for the log)."""
 
@@ -240,12 +253,7 @@ def build_context(listen: SSLListen, clients: ClientCertPolicy) -> ServerContext
     chain = load_certificates(listen.certificate)
     if listen.extra_chain:
         chain += load_certificates(listen.extra_chain, "extraCertChain")
-    ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
-    ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
-    ctx.set_options(
-        SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE | SSL.OP_NO_RENEGOTIATION
-    )
-    ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)  # an idle connection keeps no record buffers
+    ctx = server_context()
     try:
         ctx.use_certificate(chain[0])
         for cert in chain[1:]:
